@@ -1,0 +1,246 @@
+"""The method contract: what a Summariser or Comparator receives and returns.
+
+Methods follow scikit-learn conventions: a keyword-only constructor that only stores its
+parameters, ``fit``/``compare`` validate them, randomness only through the explicit
+``seed``, learned state in trailing-underscore attributes, class attributes ``name`` and
+``version``. Methods never compute leaderboard metrics; the harness' evaluator does.
+
+Data reaches a method as a :class:`DataView`: one dataset (or a subset of it) seen
+through one extractor, with cached pooled features, streamed layer activations, raw
+images and whatever ground truth exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from bench.errors import BenchError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from bench.datasets.base import ImageSource
+    from bench.extractors.base import Extractor
+    from bench.features import FeatureStore
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class Summary:
+    """What a Summariser found in one dataset.
+
+    codes:       (N,) int cluster / prototype id per image, or None.
+    embedding:   (N, d) float per-image representation for the linear probe, or None
+                 (the harness then probes the one-hot codes).
+    duplicate_pairs: (P, 2) int index pairs the method calls near-duplicates, or None.
+    statistics:  method-reported descriptive numbers (e.g. #clusters, energy). Shown
+                 beside the harness metrics, never ranked as if the harness computed them.
+    artefacts:   named arrays / JSON-able objects the harness saves next to the record
+                 (prototypes, histograms, duplicate groups …) for reports.
+    """
+
+    codes: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    duplicate_pairs: np.ndarray | None = None
+    statistics: dict[str, float] = field(default_factory=dict)
+    artefacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """A dataset-difference score between two DataViews.
+
+    ``score`` is a difference: by convention larger means more different, unless the
+    comparator sets ``larger_is_more_different = False`` on its class.
+    """
+
+    score: float
+    detail: dict[str, Any] = field(default_factory=dict)
+    statistics: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class DataView:
+    """One dataset seen through one extractor on one device; what a method consumes.
+
+    Cheap to create and to subset; heavy work (features) goes through the FeatureStore,
+    so every method in a run shares one extraction pass.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        extractor: Extractor,
+        store: FeatureStore,
+        *,
+        device: torch.device | str = "cpu",
+        batch_size: int = 64,
+        indices: np.ndarray | None = None,
+        progress: bool = False,
+    ):
+        self.source = source
+        self.extractor = extractor
+        self.store = store
+        self.device = device
+        self.batch_size = batch_size
+        self.indices = np.arange(source.n) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.progress = progress
+
+    # ground truth, restricted to this view -----------------------------------------
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self.source.labels is None else self.source.labels[self.indices]
+
+    @property
+    def concepts(self) -> np.ndarray | None:
+        return None if self.source.concepts is None else self.source.concepts[self.indices]
+
+    @property
+    def groups(self) -> np.ndarray | None:
+        return None if self.source.groups is None else self.source.groups[self.indices]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> DataView:
+        """A view of some rows of this view (indices are positions in this view)."""
+        view = copy.copy(self)
+        view.indices = self.indices[np.asarray(indices, dtype=np.int64)]
+        return view
+
+    # data ---------------------------------------------------------------------------
+    def features(self, layer: str = "pooled") -> np.ndarray:
+        """(n, d) float32 features of ``layer`` (pooled by default), cached by the store.
+
+        Raises DataError if they contain NaN or inf.
+        """
+        full = self.store.features(self.source, self.extractor, layer=layer, device=self.device,
+                                   batch_size=self.batch_size, progress=self.progress)
+        feats = np.asarray(full[self.indices], dtype=np.float32)
+        if not np.isfinite(feats).all():
+            bad = int((~np.isfinite(feats)).any(axis=1).sum())
+            raise DataError(
+                f"{bad} of {len(feats)} feature rows of {self.name!r} / {self.extractor.name!r} "
+                "contain NaN or inf; check the images and the extractor weights"
+            )
+        return feats
+
+    def activations(self, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Stream un-cached activations of named layers, batch by batch, on ``device``.
+
+        Each item maps layer name → tensor (B, C, ...) with channels on axis 1 (token
+        layers as (B, C, T)). Use this for methods that must not hold all activations.
+        """
+        yield from self.extractor.iter_layers(self.source, self.indices, layers,
+                                              device=self.device, batch_size=self.batch_size,
+                                              progress=self.progress)
+
+    def images(self, batch_size: int | None = None) -> Iterator[np.ndarray]:
+        """Yield raw images as uint8 arrays (B, H, W, 3), in view order."""
+        bs = batch_size or self.batch_size
+        for start in range(0, len(self.indices), bs):
+            yield np.stack([self.source.image(int(i)) for i in self.indices[start:start + bs]])
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+class _Method:
+    """Shared scikit-learn-style parameter handling."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "0"
+    #: which inputs the method reads: "features", "activations", "images"
+    requires: ClassVar[frozenset[str]] = frozenset({"features"})
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind == p.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params: Any) -> _Method:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise BenchError(
+                    f"{self.name}: unknown parameter {key!r}; valid parameters: {', '.join(sorted(valid))}"
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Summariser(_Method):
+    """Dataset → Summary. Subclasses implement ``fit`` and set ``self.summary_``."""
+
+    def fit(self, data: DataView, *, seed: int = 0) -> Summariser:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def evaluate_extra(self, data: DataView) -> dict[str, Any]:
+        """Optional hook for extra views the harness should evaluate (none by default)."""
+        return {}
+
+
+class Comparator(_Method):
+    """Two DataViews → Comparison. Subclasses implement ``compare``."""
+
+    larger_is_more_different: ClassVar[bool] = True
+
+    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
+        raise NotImplementedError
+
+
+def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:
+    """The one-line error every clustering method raises for K > N or K < 1."""
+    prefix = f"{method}: " if method else ""
+    if k < 1:
+        raise BenchError(f"{prefix}{what} must be at least 1, got {k}")
+    if k > n:
+        raise DataError(f"{prefix}{what}={k} is larger than the number of images N={n}; "
+                        f"choose {what} <= {n} or use more images")
+
+
+def check_finite(x: np.ndarray, *, what: str = "features") -> np.ndarray:
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contain NaN or inf values ({int((~np.isfinite(x)).sum())} entries)")
+    return x
+
+
+# --------------------------------------------------------------------------- experts
+
+
+@dataclass
+class ConceptGroup:
+    """A named group of binary concepts per image, e.g. ``colour`` → (N, C) bool."""
+
+    name: str
+    concept_names: list[str]
+    values: np.ndarray
+
+
+class Expert(_Method):
+    """DataView → list of ConceptGroups (ground truth, a zero-shot model, …)."""
+
+    def predict(self, data: DataView) -> list[ConceptGroup]:  # pragma: no cover - abstract
+        raise NotImplementedError
