@@ -1,0 +1,170 @@
+"""Conformance checks for method plugins, in the spirit of scikit-learn's ``check_estimator``.
+
+    from bench.conformance import check_method
+    assert all(err is None for _, err in check_method(MyMethod))
+
+or, in a plugin's test suite, one pytest case per check::
+
+    @pytest.mark.parametrize("check", method_checks(MyMethod), ids=lambda c: c.__name__)
+    def test_conformance(check):
+        check()
+
+or from the shell: ``bench check NAME``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import pickle
+from collections.abc import Callable
+
+import numpy as np
+
+from bench.api import Comparator, Comparison, DataView, Summariser
+from bench.errors import BenchError
+from bench.evaluate import validate_summary
+
+
+def default_view(extractor: str = "tiny-vit") -> DataView:
+    """A 60-image tiny dataset (32×32) through ``extractor`` (pixels if it is not registered)."""
+    from bench import plugins
+    from bench.extractors.pixels import PixelsExtractor
+    from bench.features import FeatureStore
+    from bench.testing import make_tiny_source
+
+    source = make_tiny_source(60, size=32)
+    regs = plugins.load()
+    ext = regs.extractors.get(extractor)() if extractor in regs.extractors else PixelsExtractor(size=16)
+    return DataView(source, ext, FeatureStore(None), batch_size=32)
+
+
+def _new(cls: type, params: dict) -> object:
+    obj = cls()
+    obj.set_params(**getattr(cls, "quick_params", {}))
+    obj.set_params(**params)
+    return obj
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def summariser_checks(cls: type[Summariser], view: DataView, params: dict) -> list[Callable[[], None]]:
+    def check_class_attributes():
+        assert isinstance(cls.name, str) and cls.name, "class attribute `name` must be a non-empty str"
+        assert isinstance(cls.version, str) and cls.version, "class attribute `version` must be a non-empty str"
+
+    def check_params_round_trip():
+        obj = _new(cls, params)
+        clone = cls(**obj.get_params())
+        assert clone.get_params() == obj.get_params(), "get_params() → cls(**params) does not round-trip"
+
+    def check_fit_returns_self_and_valid_summary():
+        obj = _new(cls, params)
+        assert obj.fit(view, seed=0) is obj, "fit() must return self"
+        validate_summary(obj.summary_, len(view), cls.name)
+
+    def check_fit_does_not_mutate_params():
+        obj = _new(cls, params)
+        before = copy.deepcopy(obj.get_params())
+        obj.fit(view, seed=0)
+        assert obj.get_params() == before, "fit() changed constructor parameters; store results in attr_"
+
+    def check_seed_determinism_and_idempotence():
+        a = _new(cls, params).fit(view, seed=0).summary_
+        obj = _new(cls, params)
+        obj.fit(view, seed=0)
+        b = obj.fit(view, seed=0).summary_
+        assert _same(a.codes, b.codes), "two fits with the same seed gave different codes"
+        assert _same(a.duplicate_pairs, b.duplicate_pairs), "two fits with the same seed gave different duplicates"
+
+    def check_pickle_after_fit():
+        obj = _new(cls, params).fit(view, seed=0)
+        again = pickle.loads(pickle.dumps(obj))
+        assert _same(again.summary_.codes, obj.summary_.codes), "pickling changed the fitted summary"
+
+    def check_bad_parameter_is_one_line_error():
+        try:
+            _new(cls, {"no_such_parameter_xyz": 1})
+        except BenchError as exc:
+            assert "\n" not in str(exc)
+        else:
+            raise AssertionError("set_params accepted an unknown parameter")
+
+    return [check_class_attributes, check_params_round_trip, check_fit_returns_self_and_valid_summary,
+            check_fit_does_not_mutate_params, check_seed_determinism_and_idempotence, check_pickle_after_fit,
+            check_bad_parameter_is_one_line_error]
+
+
+def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> list[Callable[[], None]]:
+    groups = view.groups if view.groups is not None else np.arange(len(view)) % 2
+    a = view.subset(np.flatnonzero(groups == groups.min()))
+    b = view.subset(np.flatnonzero(groups != groups.min()))
+
+    def check_class_attributes():
+        assert isinstance(cls.name, str) and cls.name, "class attribute `name` must be a non-empty str"
+        assert isinstance(cls.larger_is_more_different, bool), "larger_is_more_different must be a bool"
+
+    def check_returns_finite_comparison():
+        res = _new(cls, params).compare(a, b, seed=0)
+        assert isinstance(res, Comparison), f"compare() must return a Comparison, got {type(res).__name__}"
+        assert math.isfinite(float(res.score)), f"score is not finite: {res.score}"
+
+    def check_identity_is_least_different():
+        obj = _new(cls, params)
+        same, other = obj.compare(a, a, seed=0).score, obj.compare(a, b, seed=0).score
+        ok = same <= other + 1e-9 if cls.larger_is_more_different else same >= other - 1e-9
+        assert ok, f"d(A, A)={same} is more different than d(A, B)={other}"
+
+    def check_seed_determinism():
+        s1 = _new(cls, params).compare(a, b, seed=0).score
+        s2 = _new(cls, params).compare(a, b, seed=0).score
+        assert s1 == s2, f"same seed, different scores: {s1} vs {s2}"
+
+    return [check_class_attributes, check_returns_finite_comparison, check_identity_is_least_different,
+            check_seed_determinism]
+
+
+def method_checks(method: str | type, *, regs=None, view: DataView | None = None,
+                  params: dict | None = None) -> list[Callable[[], None]]:
+    """Every conformance check for a method name (all its roles) or a class, as callables."""
+    params = params or {}
+    classes: list[type] = []
+    if isinstance(method, str):
+        from bench import plugins
+
+        regs = regs or plugins.load()
+        known = plugins.method_names(regs)
+        if method not in known:
+            from bench.errors import UnknownNameError
+
+            raise UnknownNameError("method", method, known)
+        classes += [r.get(method) for r in (regs.summarisers, regs.comparators) if method in r]
+    else:
+        classes.append(method)
+    view = view or default_view()
+    checks: list[Callable[[], None]] = []
+    for cls in classes:
+        made = summariser_checks(cls, view, params) if issubclass(cls, Summariser) else \
+            comparator_checks(cls, view, params)
+        for check in made:
+            wrapped = functools.wraps(check)(check)
+            wrapped.__name__ = f"{cls.__name__}.{check.__name__}"
+            checks.append(wrapped)
+    return checks
+
+
+def check_method(method: str | type, **kwargs) -> list[tuple[str, str | None]]:
+    """Run every check; returns [(check name, None if passed else the error line)]."""
+    out = []
+    for check in method_checks(method, **kwargs):
+        try:
+            check()
+            out.append((check.__name__, None))
+        except Exception as exc:  # report every failing check, not just the first
+            out.append((check.__name__, f"{type(exc).__name__}: {exc}".splitlines()[0]))
+    return out

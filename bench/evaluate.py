@@ -1,0 +1,113 @@
+"""The Evaluator: turns a method's Summary / Comparison into leaderboard metrics.
+
+Plugins never grade themselves: everything here is computed from what they return, with
+the same code and the same seeded protocol for every method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from bench import metrics as M
+from bench.api import Comparator, DataView, Summary
+from bench.datasets.base import DatasetSpec
+from bench.errors import DataError
+
+
+def validate_summary(summary: Summary, n: int, method: str) -> None:
+    """One-line errors for a malformed Summary (a plugin bug, reported in the record)."""
+    if not isinstance(summary, Summary):
+        raise DataError(f"{method}: fit() must set summary_ to a bench.api.Summary, got {type(summary).__name__}")
+    if summary.codes is not None and np.asarray(summary.codes).shape != (n,):
+        raise DataError(f"{method}: summary codes have shape {np.asarray(summary.codes).shape}, expected ({n},)")
+    if summary.embedding is not None:
+        emb = np.asarray(summary.embedding)
+        if emb.ndim != 2 or len(emb) != n:
+            raise DataError(f"{method}: summary embedding has shape {emb.shape}, expected ({n}, d)")
+    if summary.duplicate_pairs is not None:
+        pairs = np.asarray(summary.duplicate_pairs).reshape(-1, 2)
+        if len(pairs) and (pairs.min() < 0 or pairs.max() >= n):
+            raise DataError(f"{method}: duplicate pairs index outside 0..{n - 1}")
+
+
+def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
+                     backbone_probe: Callable[[], float] | None = None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    labels = view.labels
+    if summary.codes is not None:
+        codes = np.asarray(summary.codes)
+        out["n_clusters"] = float(len(np.unique(codes)))
+        if labels is not None:
+            out.update(M.clustering_scores(codes, labels))
+            out["nmi_random"] = M.random_assignment_nmi(codes, labels, seed=seed)
+        groups = view.groups
+        if groups is not None and len(np.unique(groups)) > 1:
+            out["group_nmi"] = float(M.clustering_scores(codes, groups)["nmi"])
+    rep = summary.embedding if summary.embedding is not None else (
+        M.one_hot(np.asarray(summary.codes)) if summary.codes is not None else None)
+    if rep is not None and labels is not None:
+        out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep), labels, seed=seed)
+        if summary.embedding is not None and backbone_probe is not None:
+            out["probe_acc_backbone"] = backbone_probe()
+    planted = view.source.duplicate_pairs
+    if summary.duplicate_pairs is not None and planted is not None and len(planted):
+        out.update(M.duplicate_scores(np.asarray(summary.duplicate_pairs), planted))
+    return out
+
+
+def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
+
+
+def comparison_pairs(view: DataView, seed: int) -> tuple[tuple[np.ndarray, np.ndarray] | None,
+                                                         tuple[np.ndarray, np.ndarray], str]:
+    """(between-pair, null-pair, description) of positions in ``view``.
+
+    between: group 0 vs group 1 when groups exist, else lower vs upper half of the classes;
+    null: two disjoint random halves of group 0 (or of the whole dataset).
+    """
+    groups, labels = view.groups, view.labels
+    if groups is not None and len(np.unique(groups)) > 1:
+        g = np.unique(groups)
+        first, second = np.flatnonzero(groups == g[0]), np.flatnonzero(groups == g[1])
+        h1, h2 = _halves(len(first), seed)
+        names = view.source.group_names or [str(x) for x in g]
+        return (first, second), (first[h1], first[h2]), f"{names[0]} vs {names[1]}"
+    h1, h2 = _halves(len(view), seed)
+    if labels is not None and len(np.unique(labels)) > 1:
+        classes = np.unique(labels)
+        low = np.isin(labels, classes[: len(classes) // 2])
+        return (np.flatnonzero(low), np.flatnonzero(~low)), (h1, h2), "lower vs upper half of the classes"
+    return None, (h1, h2), "random halves"
+
+
+def evaluate_comparator(comparator: Comparator, view: DataView, *, seed: int, spec: DatasetSpec,
+                        make_view: Callable[..., DataView]) -> tuple[dict[str, float], dict]:
+    """Scores of ``comparator`` on one dataset and the fidelity metrics derived from them."""
+    direction = comparator.larger_is_more_different
+    out: dict[str, float] = {}
+    detail: dict = {}
+    if spec.ladder is not None:
+        reference, levels = spec.ladder(seed=0)
+        ref_view = make_view(reference)
+        props, scores = [], []
+        for proportion, source in levels:
+            scores.append(float(comparator.compare(ref_view, make_view(source), seed=seed).score))
+            props.append(float(proportion))
+        out["fidelity_spearman"] = M.fidelity_spearman(props, scores, direction)
+        out["score_null"], out["score_between"] = scores[0], scores[-1]
+        detail["ladder"] = [{"proportion": p, "score": s} for p, s in zip(props, scores)]
+    else:
+        between, null, what = comparison_pairs(view, seed)
+        out["score_null"] = float(comparator.compare(view.subset(null[0]), view.subset(null[1]), seed=seed).score)
+        if between is not None:
+            result = comparator.compare(view.subset(between[0]), view.subset(between[1]), seed=seed)
+            out["score_between"] = float(result.score)
+            detail["between"] = what
+    if "score_between" in out and out["score_between"] != 0:
+        ratio = out["score_null"] / out["score_between"]
+        out["null_over_between"] = ratio if direction else 1.0 / ratio if ratio else float("inf")
+    return out, detail

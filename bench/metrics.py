@@ -1,0 +1,115 @@
+"""Harness-owned metrics: the same code grades every method.
+
+Definitions are versioned by ``METRICS_VERSION`` (part of every comparability key).
+NMI/AMI use scikit-learn with ``average_method="arithmetic"``; VI is in nats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bench.errors import DataError
+
+METRICS_VERSION = "1"
+AVERAGE_METHOD = "arithmetic"
+
+#: direction of every metric the harness reports (True: higher is better, None: descriptive)
+HIGHER_IS_BETTER: dict[str, bool | None] = {
+    "nmi": True, "ami": True, "ari": True, "vi": False, "nmi_random": None,
+    "group_nmi": None, "n_clusters": None,
+    "probe_acc": True, "probe_acc_backbone": True,
+    "dup_precision": True, "dup_recall": True, "dup_f1": True,
+    "score_between": None, "score_null": None, "null_over_between": False,
+    "fidelity_spearman": True,
+}
+
+
+def entropy_nats(codes: np.ndarray) -> float:
+    _, counts = np.unique(codes, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def variation_of_information(a: np.ndarray, b: np.ndarray) -> float:
+    """VI(a, b) = H(a) + H(b) − 2 I(a; b), in nats (Meilă 2007)."""
+    mi = skm.mutual_info_score(a, b)
+    return max(0.0, entropy_nats(a) + entropy_nats(b) - 2.0 * mi)
+
+
+def clustering_scores(codes: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """NMI, AMI, ARI and VI of a clustering against reference labels."""
+    codes, labels = np.asarray(codes), np.asarray(labels)
+    if codes.shape != labels.shape:
+        raise DataError(f"codes have shape {codes.shape} but labels {labels.shape}")
+    return {
+        "nmi": float(skm.normalized_mutual_info_score(labels, codes, average_method=AVERAGE_METHOD)),
+        "ami": float(skm.adjusted_mutual_info_score(labels, codes, average_method=AVERAGE_METHOD)),
+        "ari": float(skm.adjusted_rand_score(labels, codes)),
+        "vi": variation_of_information(labels, codes),
+    }
+
+
+def random_assignment_nmi(codes: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """NMI of the same cluster sizes assigned at random: the chance baseline beside ``nmi``."""
+    shuffled = np.random.default_rng(seed).permutation(np.asarray(codes))
+    return float(skm.normalized_mutual_info_score(labels, shuffled, average_method=AVERAGE_METHOD))
+
+
+def linear_probe_accuracy(x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_size: float = 0.3) -> float:
+    """The one probe protocol: standardised features, L2 logistic regression (C=1, lbfgs),
+    seeded stratified 70/30 split. Classes with fewer than 2 images are dropped (they cannot
+    be stratified); fewer than 2 classes left is an error."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    if len(x) != len(y):
+        raise DataError(f"probe: {len(x)} representations but {len(y)} labels")
+    if not np.isfinite(x).all():
+        raise DataError("probe: the representation contains NaN or inf values")
+    classes, counts = np.unique(y, return_counts=True)
+    keep = np.isin(y, classes[counts >= 2])
+    x, y = x[keep], y[keep]
+    if len(np.unique(y)) < 2:
+        raise DataError("probe: needs at least 2 classes with 2+ images each; this dataset has "
+                        f"{len(np.unique(y))} usable class(es)")
+    n_test = max(int(round(test_size * len(y))), len(np.unique(y)))
+    if len(y) - n_test < len(np.unique(y)):
+        raise DataError(f"probe: too few images ({len(y)}) for a stratified split of "
+                        f"{len(np.unique(y))} classes")
+    split = StratifiedShuffleSplit(n_splits=1, test_size=n_test, random_state=seed)
+    train, test = next(split.split(x, y))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    model.fit(x[train], y[train])
+    return float(model.score(x[test], y[test]))
+
+
+def one_hot(codes: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(codes, return_inverse=True)
+    out = np.zeros((len(codes), inverse.max() + 1), dtype=np.float32)
+    out[np.arange(len(codes)), inverse] = 1.0
+    return out
+
+
+def _pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
+    return {(min(int(a), int(b)), max(int(a), int(b))) for a, b in np.asarray(pairs).reshape(-1, 2) if a != b}
+
+
+def duplicate_scores(predicted: np.ndarray, planted: np.ndarray) -> dict[str, float]:
+    """Pair precision / recall / F1 of predicted near-duplicate pairs against planted ones."""
+    pred, true = _pair_set(predicted), _pair_set(planted)
+    hits = len(pred & true)
+    precision = hits / len(pred) if pred else 0.0
+    recall = hits / len(true) if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"dup_precision": precision, "dup_recall": recall, "dup_f1": f1}
+
+
+def fidelity_spearman(proportions: list[float], scores: list[float], larger_is_more_different: bool) -> float:
+    """Spearman correlation of a difference score with the true mixing proportion (1 = perfect)."""
+    rho = stats.spearmanr(proportions, scores).statistic
+    rho = float(rho) if np.isfinite(rho) else 0.0
+    return rho if larger_is_more_different else -rho

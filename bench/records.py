@@ -1,0 +1,153 @@
+"""Run records: one atomic JSON file per (method, dataset, extractor, params, seed) cell.
+
+The ``comparability_key`` hashes everything that must match for two numbers to stand in
+one leaderboard row: method + version + params, dataset + revision (+ limit), extractor
+cache key and the metric-definition version. Seeds are what varies inside a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class Metric(BaseModel):
+    value: float | None
+    higher_is_better: bool | None = None
+    n: int | None = None
+
+
+class MethodInfo(BaseModel):
+    name: str
+    version: str
+    distribution: str = ""
+    dist_version: str = ""
+    roles: list[str] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    revision: str
+    n: int
+    limit: int | None = None
+    embedded: bool = False
+
+
+class FeatureInfo(BaseModel):
+    extractor: str
+    cache_key: dict[str, Any] = Field(default_factory=dict)
+
+
+class Record(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["ok", "error"] = "ok"
+    error: str | None = None
+    method: MethodInfo
+    dataset: DatasetInfo
+    features: FeatureInfo
+    seed: int
+    preset: str = "paper"
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+    statistics: dict[str, float | None] = Field(default_factory=dict)
+    tables: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    peak_memory_mb: dict[str, float] = Field(default_factory=dict)
+    device: str = "cpu"
+    environment: dict[str, str] = Field(default_factory=dict)
+    git: dict[str, Any] = Field(default_factory=dict)
+    bench_version: str = ""
+    metrics_version: str = ""
+    config_hash: str = ""
+    comparability_key: str = ""
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def config_hash(method: MethodInfo, preset: str) -> str:
+    return stable_hash({"method": method.name, "version": method.version, "params": method.params,
+                        "preset": preset})
+
+
+def comparability_key(record: Record) -> str:
+    return stable_hash({
+        "method": [record.method.name, record.method.version, record.method.params],
+        "dataset": [record.dataset.name, record.dataset.revision, record.dataset.limit],
+        "features": record.features.cache_key or record.features.extractor,
+        "metrics": record.metrics_version,
+    }, 16)
+
+
+def record_path(root: Path, record: Record) -> Path:
+    """``{root}/{dataset}@{rev}/{extractor}/{method}@{ver}/{config_hash}/seed{n}.json``."""
+    safe = (lambda s: s.replace("/", "_").replace(":", "_"))
+    return (Path(root) / f"{safe(record.dataset.name)}@{record.dataset.revision}" / safe(record.features.extractor)
+            / f"{safe(record.method.name)}@{record.method.version}" / record.config_hash / f"seed{record.seed}.json")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save(record: Record, root: Path) -> Path:
+    path = record_path(root, record)
+    write_atomic(path, record.model_dump_json(indent=1) + "\n")
+    return path
+
+
+def load_all(root: Path) -> list[Record]:
+    """Every record under ``root`` (sorted by path, so the order is deterministic)."""
+    return [Record.model_validate_json(p.read_text(encoding="utf-8"))
+            for p in sorted(Path(root).rglob("seed*.json"))]
+
+
+def environment() -> dict[str, str]:
+    env = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for dist in ("torch", "timm", "open_clip_torch", "transformers", "faiss-cpu", "faiss-gpu",
+                 "scikit-learn", "numpy", "scipy", "pluggy"):
+        try:
+            env[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["cuda"] = str(torch.version.cuda)
+            env["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:  # torch problems are reported elsewhere
+        pass
+    return env
+
+
+def git_info() -> dict[str, Any]:
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+        return {"hash": sha, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"hash": None, "dirty": None}

@@ -1,0 +1,316 @@
+"""The run grid: methods × datasets × seeds on one extractor, one record per cell.
+
+Everything is resolved and validated before any work starts (unknown names, missing
+roots, unavailable devices), so a typo never costs a half-finished run. Each finished
+cell is written atomically; ``resume`` skips cells whose record already says ``ok``.
+A failing cell writes an ``error`` record and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import __version__, plugins, records
+from bench.api import Comparator, DataView, Summariser
+from bench.datasets.base import DatasetSpec, ImageSource
+from bench.errors import BenchError, UnknownNameError
+from bench.evaluate import evaluate_comparator, evaluate_summary, validate_summary
+from bench.features import FeatureStore, default_cache_dir
+from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION, linear_probe_accuracy
+
+log = logging.getLogger("bench")
+
+DEFAULT_METHODS = ("kmeans", "fd")
+DEFAULT_DATASETS = ("synth-passnet",)
+DEFAULT_EXTRACTOR = "tiny-vit"
+
+
+@dataclass
+class RunConfig:
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    datasets: list[str] = field(default_factory=lambda: list(DEFAULT_DATASETS))
+    extractor: str = DEFAULT_EXTRACTOR
+    weights: str | None = None
+    device: str = "auto"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    limit: int | None = None
+    out: Path = Path("results")
+    resume: bool = False
+    preset: str = "auto"          # auto | paper | quick
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_size: int = 64
+    cache_dir: Path | None = None
+    no_cache: bool = False
+    progress: bool = False
+    strict_plugins: bool = False
+    shard: tuple[int, int] | None = None
+
+
+@dataclass
+class CellResult:
+    record: records.Record
+    path: Path
+    skipped: bool = False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {device} was asked for but torch sees no CUDA device; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise BenchError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return torch.device(device)
+
+
+def get_dataset_spec(regs: plugins.Registries, name: str) -> DatasetSpec:
+    from bench.datasets import get_spec
+
+    return get_spec(regs.datasets, name)
+
+
+def _distribution_of(cls: type) -> tuple[str, str]:
+    top = cls.__module__.split(".")[0]
+    dists = metadata.packages_distributions().get(top, [])
+    if dists:
+        try:
+            return dists[0], metadata.version(dists[0])
+        except metadata.PackageNotFoundError:
+            pass
+    return top, ""
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def shard_cells(cells: list[tuple], shard: tuple[int, int] | None) -> list[tuple]:
+    """Deterministic shard i of n of the grid (for job arrays; no process group needed)."""
+    if shard is None:
+        return cells
+    i, n = shard
+    return [c for k, c in enumerate(cells) if k % n == i]
+
+
+class Runner:
+    def __init__(self, config: RunConfig, *, regs: plugins.Registries | None = None,
+                 echo: Callable[[str], None] = print):
+        self.cfg = config
+        self.echo = echo
+        self.regs = regs or plugins.load(strict=config.strict_plugins)
+        self._validate_names()
+        self.device = resolve_device(config.device)
+        store_root = None if config.no_cache else (config.cache_dir or default_cache_dir())
+        self.store = FeatureStore(store_root)
+        self._probe_cache: dict[str, float] = {}
+
+    # -- validation ---------------------------------------------------------------------
+    def _validate_names(self) -> None:
+        known = plugins.method_names(self.regs)
+        for m in self.cfg.methods:
+            if m not in known:
+                raise UnknownNameError("method", m, known)
+        self.specs = {d: get_dataset_spec(self.regs, d) for d in self.cfg.datasets}
+        self.regs.extractors.get(self.cfg.extractor)
+        for d, spec in self.specs.items():
+            reason = spec.ready()
+            if reason:
+                raise BenchError(f"dataset {d!r} is not ready: {reason}")
+        for m in self.cfg.params:
+            if m not in self.cfg.methods:
+                raise BenchError(f"--set names method {m!r}, which is not in --methods {','.join(self.cfg.methods)}")
+        if self.cfg.limit is not None and self.cfg.limit < 2:
+            raise BenchError(f"--limit must be at least 2, got {self.cfg.limit}")
+
+    # -- method construction ----------------------------------------------------------------
+    def _preset(self, spec: DatasetSpec) -> str:
+        if self.cfg.preset != "auto":
+            return self.cfg.preset
+        return "quick" if spec.embedded else "paper"
+
+    def _roles(self, method: str, preset: str) -> dict[str, Summariser | Comparator]:
+        roles: dict[str, Summariser | Comparator] = {}
+        for role, registry in (("summariser", self.regs.summarisers), ("comparator", self.regs.comparators)):
+            if method in registry:
+                cls = registry.get(method)
+                obj = cls()
+                if preset == "quick":
+                    obj.set_params(**getattr(cls, "quick_params", {}))
+                obj.set_params(**self.cfg.params.get(method, {}))
+                roles[role] = obj
+        return roles
+
+    # -- running --------------------------------------------------------------------------
+    def run(self) -> list[CellResult]:
+        factory = self.regs.extractors.get(self.cfg.extractor)
+        extractor = factory(weights=self.cfg.weights, device=self.device)
+        cells = [(d, m, s) for d in self.cfg.datasets for m in self.cfg.methods for s in self.cfg.seeds]
+        cells = shard_cells(cells, self.cfg.shard)
+        results: list[CellResult] = []
+        sources: dict[str, ImageSource] = {}
+        for dname, method, seed in cells:
+            spec = self.specs[dname]
+            if dname not in sources:
+                sources[dname] = self._load_source(spec)
+            source = sources[dname]
+            results.append(self._run_cell(spec, source, extractor, method, seed))
+        return results
+
+    def _load_source(self, spec: DatasetSpec) -> ImageSource:
+        from bench.datasets import limit as limit_source
+
+        source = spec.load(seed=0)
+        if source.n == 0:
+            raise BenchError(f"dataset {spec.name!r} has no images")
+        if self.cfg.limit is not None and self.cfg.limit < source.n:
+            self.echo(f"warning: --limit {self.cfg.limit} on {spec.name}: records are marked with the limit "
+                      "and never share a leaderboard row with full runs")
+            source = limit_source(source, self.cfg.limit, seed=0)
+        return source
+
+    def _view(self, source: ImageSource, extractor) -> DataView:
+        return DataView(source, extractor, self.store, device=self.device, batch_size=self.cfg.batch_size,
+                        progress=self.cfg.progress)
+
+    def _base_record(self, spec, source, extractor, method, seed, roles, preset) -> records.Record:
+        first = next(iter(roles.values()))
+        dist, dist_version = _distribution_of(type(first))
+        params: dict[str, Any] = {}
+        for role, obj in roles.items():
+            params.update({k: _jsonable(v) for k, v in obj.get_params().items()})
+        rec = records.Record(
+            method=records.MethodInfo(name=method, version=str(first.version), distribution=dist,
+                                      dist_version=dist_version, roles=sorted(roles), params=params),
+            dataset=records.DatasetInfo(name=spec.name, revision=source.revision, n=source.n,
+                                        limit=self.cfg.limit, embedded=spec.embedded),
+            features=records.FeatureInfo(extractor=self.cfg.extractor,
+                                         cache_key=_jsonable(extractor.cache_key())),
+            seed=seed, preset=preset, device=str(self.device), bench_version=__version__,
+            metrics_version=METRICS_VERSION, environment=records.environment(), git=records.git_info(),
+        )
+        rec.config_hash = records.config_hash(rec.method, preset)
+        rec.comparability_key = records.comparability_key(rec)
+        return rec
+
+    def _run_cell(self, spec, source, extractor, method, seed) -> CellResult:
+        preset = self._preset(spec)
+        roles = self._roles(method, preset)
+        rec = self._base_record(spec, source, extractor, method, seed, roles, preset)
+        path = records.record_path(self.cfg.out, rec)
+        if self.cfg.resume and path.exists():
+            try:
+                old = records.Record.model_validate_json(path.read_text())
+                if old.status == "ok":
+                    return CellResult(old, path, skipped=True)
+            except ValueError:
+                pass  # unreadable: recompute
+        view = self._view(source, extractor)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        metrics: dict[str, float] = {}
+        try:
+            needs_features = any("features" in getattr(o, "requires", ()) for o in roles.values())
+            if needs_features:
+                t0 = time.perf_counter()
+                view.features()
+                rec.timings_s["features"] = time.perf_counter() - t0
+            if "summariser" in roles:
+                est = roles["summariser"]
+                t0 = time.perf_counter()
+                est.fit(view, seed=seed)
+                rec.timings_s["fit"] = time.perf_counter() - t0
+                summary = est.summary_
+                validate_summary(summary, len(view), method)
+                t0 = time.perf_counter()
+                metrics.update(evaluate_summary(summary, view, seed=seed,
+                                                backbone_probe=lambda: self._backbone_probe(view, seed)))
+                rec.timings_s["evaluate"] = time.perf_counter() - t0
+                rec.statistics.update({k: _float_or_none(v) for k, v in summary.statistics.items()})
+                tables = summary.artefacts.get("tables") or {}
+                rec.tables.update({k: _jsonable(v) for k, v in tables.items()})
+                self._save_artefacts(path, summary.artefacts)
+            if "comparator" in roles:
+                comp = roles["comparator"]
+                t0 = time.perf_counter()
+                cmetrics, detail = evaluate_comparator(comp, view, seed=seed, spec=spec,
+                                                       make_view=lambda s: self._view(s, extractor))
+                rec.timings_s["compare"] = time.perf_counter() - t0
+                metrics.update(cmetrics)
+                if "ladder" in detail:
+                    rec.tables["fidelity_ladder"] = detail["ladder"]
+        except BenchError as exc:
+            rec.status, rec.error = "error", str(exc)
+        except Exception as exc:  # a method bug must not end the grid; keep the traceback
+            rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log_path = path.with_suffix(".traceback.txt")
+            records.write_atomic(log_path, traceback.format_exc())
+            rec.error += f" (traceback: {log_path})"
+        rec.metrics = {k: records.Metric(value=_float_or_none(v), higher_is_better=HIGHER_IS_BETTER.get(k),
+                                         n=len(view)) for k, v in metrics.items()}
+        rec.peak_memory_mb["rss"] = _peak_rss_mb()
+        if self.device.type == "cuda":
+            rec.peak_memory_mb["cuda"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        saved = records.save(rec, self.cfg.out)
+        self.regs.manager.hook.bench_record_written(record=rec, path=str(saved))
+        return CellResult(rec, saved)
+
+    def _backbone_probe(self, view: DataView, seed: int) -> float:
+        key = f"{view.source.revision}:{seed}"
+        if key not in self._probe_cache:
+            self._probe_cache[key] = linear_probe_accuracy(view.features(), view.labels, seed=seed)
+        return self._probe_cache[key]
+
+    @staticmethod
+    def _save_artefacts(record_file: Path, artefacts: dict[str, Any]) -> None:
+        arrays = {k: np.asarray(v) for k, v in artefacts.items() if isinstance(v, np.ndarray)}
+        other = {k: v for k, v in artefacts.items() if k != "tables" and not isinstance(v, np.ndarray)}
+        stem = record_file.with_suffix("")
+        if arrays:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stem.parent / f".{stem.name}.artefacts.tmp.npz"
+            np.savez_compressed(tmp, **arrays)
+            tmp.replace(stem.parent / f"{stem.name}.artefacts.npz")
+        if other:
+            records.write_atomic(stem.parent / f"{stem.name}.artefacts.json",
+                                 json.dumps(_jsonable(other), indent=1, sort_keys=True))
+
+
+def _float_or_none(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _jsonable(obj: Any) -> Any:
+    """Numpy/torch/Path values → plain JSON types (for params, tables and artefacts)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (Path, torch.device)):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return repr(obj)

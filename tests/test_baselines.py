@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from bench.baselines import FrechetDistance, KMeans, faiss_kmeans, frechet_distance, frechet_distance_sqrtm
+from bench.errors import DataError
+from bench.testing import make_tiny_view
+
+
+def test_fd_eigvals_equals_sqrtm_oracle():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(loc=0.3, size=(250, 16)) @ rng.normal(size=(16, 16))
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance_sqrtm(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def test_fd_closed_form_identical_covariances():
+    d = 64
+    sigma = np.eye(d) * 2.0
+    assert frechet_distance(np.zeros(d), sigma, np.ones(d), sigma) == pytest.approx(d, abs=1e-6)
+
+
+def test_fd_comparator_self_is_zero_and_needs_two_images():
+    view = make_tiny_view()
+    fd = FrechetDistance()
+    assert fd.compare(view, view).score == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(DataError, match="at least 2"):
+        fd.compare(view.subset([0]), view)
+
+
+def test_faiss_kmeans_close_to_sklearn_inertia():
+    from sklearn.cluster import KMeans as SkKMeans
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)  # no planted clusters: a smooth objective
+    _, _, inertia = faiss_kmeans(x, 20, niter=25, seed=0)
+    sk = SkKMeans(20, n_init=1, max_iter=25, random_state=0).fit(x)
+    assert abs(inertia - sk.inertia_) / sk.inertia_ < 0.01
+
+
+def test_kmeans_errors_are_one_line():
+    view = make_tiny_view(20)
+    with pytest.raises(DataError, match="larger than the number of images"):
+        KMeans(k=50).fit(view)
+
+
+def test_kmeans_nan_features_error():
+    from bench.baselines import faiss_kmeans
+
+    x = np.ones((10, 3), dtype=np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        faiss_kmeans(x, 2)
