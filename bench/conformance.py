@@ -165,6 +165,6 @@ def check_method(method: str | type, **kwargs) -> list[tuple[str, str | None]]:
         try:
             check()
             out.append((check.__name__, None))
-        except Exception as exc:  # report every failing check, not just the first
+        except Exception as exc:  # noqa: BLE001 - report every failing check
             out.append((check.__name__, f"{type(exc).__name__}: {exc}".splitlines()[0]))
     return out

@@ -52,7 +52,8 @@ class FeatureStore:
     def path(self, source: ImageSource, extractor: Extractor, layer: str) -> Path | None:
         if self.root is None:
             return None
-        return self.root / f"{source.name.replace(':', '_').replace('/', '_')}-{extractor.name}-{layer}-{self.key(source, extractor, layer)}.npy"
+        dataset = source.name.replace(":", "_").replace("/", "_")
+        return self.root / f"{dataset}-{extractor.name}-{layer}-{self.key(source, extractor, layer)}.npy"
 
     def features(self, source: ImageSource, extractor: Extractor, *, layer: str = "pooled",
                  device: str | torch.device = "cpu", batch_size: int = 64,

@@ -76,7 +76,7 @@ def linear_probe_accuracy(x: np.ndarray, y: np.ndarray, *, seed: int = 0, test_s
     if len(np.unique(y)) < 2:
         raise DataError("probe: needs at least 2 classes with 2+ images each; this dataset has "
                         f"{len(np.unique(y))} usable class(es)")
-    n_test = max(int(round(test_size * len(y))), len(np.unique(y)))
+    n_test = max(round(test_size * len(y)), len(np.unique(y)))
     if len(y) - n_test < len(np.unique(y)):
         raise DataError(f"probe: too few images ({len(y)}) for a stratified split of "
                         f"{len(np.unique(y))} classes")

@@ -92,11 +92,14 @@ def comparability_key(record: Record) -> str:
     }, 16)
 
 
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(":", "_")
+
+
 def record_path(root: Path, record: Record) -> Path:
     """``{root}/{dataset}@{rev}/{extractor}/{method}@{ver}/{config_hash}/seed{n}.json``."""
-    safe = (lambda s: s.replace("/", "_").replace(":", "_"))
-    return (Path(root) / f"{safe(record.dataset.name)}@{record.dataset.revision}" / safe(record.features.extractor)
-            / f"{safe(record.method.name)}@{record.method.version}" / record.config_hash / f"seed{record.seed}.json")
+    return (Path(root) / f"{_safe(record.dataset.name)}@{record.dataset.revision}" / _safe(record.features.extractor)
+            / f"{_safe(record.method.name)}@{record.method.version}" / record.config_hash / f"seed{record.seed}.json")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -136,7 +139,7 @@ def environment() -> dict[str, str]:
         if torch.cuda.is_available():
             env["cuda"] = str(torch.version.cuda)
             env["gpu"] = torch.cuda.get_device_name(0)
-    except Exception:  # torch problems are reported elsewhere
+    except Exception:  # noqa: BLE001, S110 - the environment is informative only
         pass
     return env
 
@@ -146,7 +149,7 @@ def git_info() -> dict[str, Any]:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, check=False,
                                     capture_output=True, text=True, timeout=5).stdout.strip())
         return {"hash": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):

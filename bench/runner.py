@@ -188,7 +188,7 @@ class Runner:
         first = next(iter(roles.values()))
         dist, dist_version = _distribution_of(type(first))
         params: dict[str, Any] = {}
-        for role, obj in roles.items():
+        for obj in roles.values():
             params.update({k: _jsonable(v) for k, v in obj.get_params().items()})
         rec = records.Record(
             method=records.MethodInfo(name=method, version=str(first.version), distribution=dist,
@@ -254,7 +254,7 @@ class Runner:
                     rec.tables["fidelity_ladder"] = detail["ladder"]
         except BenchError as exc:
             rec.status, rec.error = "error", str(exc)
-        except Exception as exc:  # a method bug must not end the grid; keep the traceback
+        except Exception as exc:  # noqa: BLE001 - a method bug must not end the grid
             rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
             log_path = path.with_suffix(".traceback.txt")
             records.write_atomic(log_path, traceback.format_exc())
