@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from bench.baselines import FrechetDistance, KMeans, faiss_kmeans, frechet_distance, frechet_distance_sqrtm
+from bench.baselines import (
+    FrechetDistance,
+    KMeans,
+    faiss_kmeans,
+    frechet_distance,
+    frechet_distance_features,
+    frechet_distance_sqrtm,
+)
 from bench.errors import DataError
 from bench.testing import make_tiny_view
 
@@ -10,7 +17,17 @@ def test_fd_eigvals_equals_sqrtm_oracle():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(300, 16)), rng.normal(loc=0.3, size=(250, 16)) @ rng.normal(size=(16, 16))
     mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance_sqrtm(mu1, s1, mu2, s2), rel=1e-6)
+    oracle = frechet_distance_sqrtm(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(oracle, rel=1e-6)
+    assert frechet_distance_features(a, b) == pytest.approx(oracle, rel=1e-6)
+
+
+@pytest.mark.parametrize("n1, n2, d", [(20, 30, 64), (40, 25, 8), (10, 10, 10)])
+def test_fd_from_features_low_rank_and_full_rank(n1, n2, d):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(n1, d)), rng.normal(loc=0.5, size=(n2, d)) * 2
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    assert frechet_distance_features(a, b) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
 
 
 def test_fd_closed_form_identical_covariances():
