@@ -6,4 +6,4 @@ Public API for plugin authors: ``bench.hookimpl`` and the contract in ``bench.ap
 from bench.hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]
+__all__ = ["__version__", "hookimpl"]

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench import __version__
@@ -70,7 +71,7 @@ def _param(text: str) -> tuple[str, str, object]:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.print_usage(sys.stderr)
-        err_console.print(f"[bold red]error:[/] {message}")
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
         raise SystemExit(2)
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except BenchError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
         err_console.print("[bold yellow]interrupted:[/] finished cells are saved; rerun with --resume to continue")
@@ -153,10 +154,11 @@ def cmd_run(args) -> int:
         progress=not args.no_progress and console.is_terminal, strict_plugins=args.strict_plugins,
         shard=args.shard,
     )
-    runner = Runner(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[yellow]{m}[/]"))
+    runner = Runner(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[yellow]{escape(m)}[/]"))
     broken = [p for p in runner.regs.plugins if p.status == "error"]
     for p in broken:
-        err_console.print(f"[yellow]warning:[/] plugin {p.name} failed to load ({p.error}); see `bench plugins`")
+        err_console.print(f"[yellow]warning:[/] plugin {p.name} failed to load ({escape(p.error)}); "
+                          "see `bench plugins`")
     console.print(f"bench {__version__} · extractor [bold]{cfg.extractor}[/] · device [bold]{runner.device}[/] · "
                   f"methods {','.join(cfg.methods)} · datasets {','.join(cfg.datasets)} · seeds "
                   f"{','.join(map(str, cfg.seeds))}")
@@ -183,7 +185,7 @@ def _print_summary(results) -> None:
         for m in shown:
             v = rec.metrics[m].value if m in rec.metrics else None
             vals.append("" if v is None else f"{v:.3f}")
-        status = "ok" + (" (resumed)" if res.skipped else "") if rec.status == "ok" else f"[red]{rec.error}[/]"
+        status = "ok" + (" (resumed)" if res.skipped else "") if rec.status == "ok" else f"[red]{escape(rec.error)}[/]"
         table.add_row(rec.dataset.name, rec.method.name, str(rec.seed), *vals,
                       f"{sum(rec.timings_s.values()):.1f}", status)
     console.print(table)
@@ -214,7 +216,7 @@ def cmd_plugins(args) -> int:
         table.add_column(col)
     for p in regs.plugins:
         status = {"ok": "[green]ok[/]", "error": "[red]error[/]"}.get(p.status, p.status)
-        table.add_row(p.name, p.distribution, p.version, status, p.error or ", ".join(
+        table.add_row(p.name, p.distribution, p.version, status, escape(p.error) or ", ".join(
             h.removeprefix("bench_") for h in p.hooks))
     console.print(table)
     return 0
@@ -229,7 +231,7 @@ def cmd_datasets(args) -> int:
         spec = regs.datasets.get(name)
         reason = spec.ready()
         table.add_row(name, "[green]yes[/]" + (" (embedded)" if spec.embedded else "") if not reason
-                      else f"[red]no[/]: {reason}", spec.description)
+                      else f"[red]no[/]: {escape(reason)}", escape(spec.description))
     console.print(table)
     return 0
 

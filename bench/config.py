@@ -13,6 +13,9 @@ Example ``bench.toml``::
     pass = "/data/PASS"
     cifar10 = "/data"          # the folder holding cifar-10-batches-py/
 
+(``roots.imagenet = "/data/ILSVRC2012"`` at top level is the same TOML.) Error messages
+use that bracket-free form because terminals with rich markup eat ``[roots]``.
+
 ``BENCH_CONFIG=/path/file.toml`` replaces steps 2 and 3 by one explicit file.
 """
 
@@ -75,10 +78,10 @@ def dataset_root(name: str) -> tuple[Path | None, str]:
     for path in config_files():
         roots = read_config(path).get("roots", {})
         if not isinstance(roots, dict):
-            raise BenchError(f"{path}: [roots] must be a table of name = \"path\" entries")
+            raise BenchError(f"{path}: roots must be a table of name = \"path\" entries")
         if name in roots:
             root = Path(str(roots[name])).expanduser()
             if not root.is_absolute():
                 root = path.parent / root
-            return root, f"{path} [roots] {name}"
+            return root, f"roots.{name} in {path}"
     return None, ""

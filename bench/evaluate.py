@@ -36,19 +36,23 @@ def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
                      backbone_probe: Callable[[], float] | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     labels = view.labels
+    # label < 0 marks an unlabelled image (e.g. PASS inside passnet): graded on labelled ones only
+    labelled = None if labels is None else np.flatnonzero(labels >= 0)
+    if labelled is not None and len(labelled) == 0:
+        labels = labelled = None
     if summary.codes is not None:
         codes = np.asarray(summary.codes)
         out["n_clusters"] = float(len(np.unique(codes)))
         if labels is not None:
-            out.update(M.clustering_scores(codes, labels))
-            out["nmi_random"] = M.random_assignment_nmi(codes, labels, seed=seed)
+            out.update(M.clustering_scores(codes[labelled], labels[labelled]))
+            out["nmi_random"] = M.random_assignment_nmi(codes[labelled], labels[labelled], seed=seed)
         groups = view.groups
         if groups is not None and len(np.unique(groups)) > 1:
             out["group_nmi"] = float(M.clustering_scores(codes, groups)["nmi"])
     rep = summary.embedding if summary.embedding is not None else (
         M.one_hot(np.asarray(summary.codes)) if summary.codes is not None else None)
     if rep is not None and labels is not None:
-        out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep), labels, seed=seed)
+        out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep)[labelled], labels[labelled], seed=seed)
         if summary.embedding is not None and backbone_probe is not None:
             out["probe_acc_backbone"] = backbone_probe()
     planted = view.source.duplicate_pairs

@@ -271,7 +271,9 @@ class Runner:
     def _backbone_probe(self, view: DataView, seed: int) -> float:
         key = f"{view.source.revision}:{seed}"
         if key not in self._probe_cache:
-            self._probe_cache[key] = linear_probe_accuracy(view.features(), view.labels, seed=seed)
+            labelled = view.labels >= 0
+            self._probe_cache[key] = linear_probe_accuracy(view.features()[labelled], view.labels[labelled],
+                                                           seed=seed)
         return self._probe_cache[key]
 
     @staticmethod

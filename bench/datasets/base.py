@@ -49,7 +49,10 @@ class ImageSource:
     def subset(self, indices: np.ndarray, *, name: str | None = None) -> ImageSource:
         """A new source with rows ``indices`` (e.g. a stratified ``--limit``)."""
         idx = np.asarray(indices, dtype=np.int64)
-        take = (lambda a: None if a is None else a[idx])
+
+        def take(a):
+            return None if a is None else a[idx]
+
         pos = {int(j): k for k, j in enumerate(idx)}
         pairs = None
         if self.duplicate_pairs is not None:
@@ -93,9 +96,9 @@ class DatasetSpec:
 def content_revision(*arrays: np.ndarray | None, extra: str = "") -> str:
     """A short hash of dataset content, used as its revision."""
     h = hashlib.sha256(extra.encode())
-    for a in arrays:
-        if a is not None:
-            a = np.ascontiguousarray(a)
+    for array in arrays:
+        if array is not None:
+            a = np.ascontiguousarray(array)
             h.update(str(a.shape).encode() + str(a.dtype).encode())
-            h.update(memoryview(a).cast("B"))
+            h.update(a.tobytes())
     return h.hexdigest()[:16]

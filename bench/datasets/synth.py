@@ -12,7 +12,7 @@ Two sources, drawn with numpy from a seed (64×64 RGB uint8):
 
 Ground truth per image: a global class label, a multi-hot concept vector (concept groups
 object, colour, texture, background, person; what QRP probes), the group, and planted
-near-duplicate pairs (exact copies and slightly perturbed copies: noise, a 1–2 px shift
+near-duplicate pairs (exact copies and slightly perturbed copies: noise, a 1 px shift
 or a brightness change), both members with the same label and concepts.
 
 Classes are separable on purpose but not trivially: each shape class prefers one colour
@@ -22,6 +22,10 @@ below perfect.
 """
 
 from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
 
 import numpy as np
 
@@ -36,7 +40,7 @@ GROUP_NAMES = ["objects", "scenes"]
 
 CONCEPTS: dict[str, list[str]] = {
     "object": ["circle", "square", "triangle", "star", "ring", "cross",
-               "mountain", "wave", "tree", "building", "dune", "sun", "cloud", "cactus"],
+               "mountain", "wave", "island", "tree", "building", "dune", "sun", "cloud", "cactus"],
     "colour": ["red", "orange", "yellow", "green", "blue", "purple", "white", "grey", "black", "brown"],
     "texture": ["plain", "striped", "dotted", "checkered"],
     "background": ["wall", "gradient", "tabletop", "sky", "night-sky", "water", "grass", "sand",
@@ -58,7 +62,7 @@ RGB = {
 OBJECT_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple"]
 PREFERRED_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "star": "yellow",
                     "ring": "purple", "cross": "orange", "person": "blue"}
-P_PREFERRED_COLOUR = 0.6
+P_PREFERRED_COLOUR = 0.75
 PERSON_SHARE = 0.35        # share of shape images with a person beside the object
 N_EDGE_CASES = 4           # scenes with a planted person (listed)
 DUP_FRACTION = 0.03        # planted copies per source, as a share of its images
@@ -164,11 +168,11 @@ def _draw_person(img: np.ndarray, cx: float, top: float, h: float, rng: np.rando
 
 def _object_background(img: np.ndarray, rng: np.random.Generator) -> str:
     kind = ["wall", "gradient", "tabletop"][rng.integers(3)]
-    wall = rng.uniform(140, 230) + rng.uniform(-20, 20, 3)
+    wall = rng.uniform(165, 220) + rng.uniform(-12, 12, 3)
     if kind == "wall":
         img[:] = wall
     elif kind == "gradient":
-        _vertical_gradient(img, wall, rng.uniform(60, 200, 3))
+        _vertical_gradient(img, wall, wall * rng.uniform(0.55, 0.8) + rng.uniform(-15, 15, 3))
     else:
         img[:] = wall
         edge = int(rng.uniform(0.6, 0.75) * SIZE)
@@ -191,7 +195,7 @@ def _render_object(cls: str, rng: np.random.Generator, with_person: bool) -> tup
     side = rng.choice([-1, 1]) if with_person else 0
     cx = SIZE / 2 + rng.uniform(-5, 5) - side * 9
     cy = SIZE / 2 + rng.uniform(-5, 5)
-    r = rng.uniform(12, 18) if with_person else rng.uniform(13, 21)
+    r = rng.uniform(14, 19) if with_person else rng.uniform(16, 23)
     _paint(img, _shape_mask(cls, cx, cy, r, rng.uniform(0, 2 * np.pi)), _jitter(rng, colour), pattern)
     concepts.append(f"object:{cls}")
     if with_person:
@@ -258,6 +262,11 @@ def _render_scene(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, list[
         _vertical_gradient(img, (30, 70, 150) + rng.uniform(-15, 15, 3), (20, 110, 180), horizon, SIZE)
         waves = np.sin(2 * np.pi * (_YY / rng.uniform(3, 6) + 0.15 * np.sin(_XX / rng.uniform(3, 6)))) > 0.6
         _paint(img, waves & (_YY > horizon + 1), (120, 170, 225))
+        if rng.random() < 0.5:
+            ix, iw, ih = rng.uniform(0, SIZE), rng.uniform(6, 18), rng.uniform(3, 9)
+            island = (((_XX - ix) / iw) ** 2 + ((_YY - horizon) / ih) ** 2 < 1) & (_YY <= horizon + 1)
+            _paint(img, island, _jitter(rng, "green", 15) * 0.7)
+            c += ["object:island", "colour:green"]
         return img, c + ["object:wave", "background:water", "colour:blue", "texture:striped"], SIZE - 4
     if cls == "forest":
         treeline = int(rng.uniform(0.15, 0.35) * SIZE)
@@ -277,13 +286,14 @@ def _render_scene(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, list[
     if cls == "city":
         c = _sky(img, rng, SIZE, night_ok=True)
         night = "background:night-sky" in c
+        lit = rng.random((SIZE, SIZE)) < 0.6
         x = rng.uniform(-4, 0)
         while x < SIZE:
             w, h = rng.uniform(6, 13), rng.uniform(0.3, 0.8) * SIZE
             body = (_XX >= x) & (_XX < x + w) & (_YY > SIZE - h)
             _paint(img, body, np.full(3, rng.uniform(20, 60) if night else rng.uniform(80, 150)))
             windows = body & (np.mod(_XX - x, 3) > 1.5) & (np.mod(_YY, 4) > 2) & (_YY > SIZE - h + 2)
-            _paint(img, windows & (rng.random((SIZE, SIZE)) < 0.6),
+            _paint(img, windows & lit,
                    _jitter(rng, "yellow", 10) if night else (190, 210, 230))
             x += w + rng.uniform(0, 3)
         c += ["object:building", "colour:grey", "texture:dotted"] + (["colour:yellow"] if night else [])
@@ -320,9 +330,12 @@ def _render_scene(cls: str, rng: np.random.Generator) -> tuple[np.ndarray, list[
 
 def _finish(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Per-image brightness jitter plus pixel noise, then uint8."""
-    gain = rng.uniform(0.9, 1.1, size=(len(images), 1, 1, 1)).astype(np.float32)
-    noise = rng.standard_normal(images.shape, dtype=np.float32) * NOISE_SIGMA
-    return np.clip(images * gain + noise, 0, 255).round().astype(np.uint8)
+    images *= rng.uniform(0.9, 1.1, size=(len(images), 1, 1, 1)).astype(np.float32)
+    noise = rng.standard_normal(images.shape, dtype=np.float32)
+    noise *= NOISE_SIGMA
+    images += noise
+    np.clip(images, 0, 255, out=images)
+    return np.rint(images, out=images).astype(np.uint8)
 
 
 def _multi_hot(names: list[str]) -> np.ndarray:
@@ -358,16 +371,15 @@ def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 
 
 
 def _perturb(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A slightly changed copy: pixel noise, a 1–2 px shift (edge-padded) or brightness."""
+    """A slightly changed copy: pixel noise, a 1 px shift (edge-padded) or brightness ±5–10 %."""
     x = img.astype(np.float32)
     if kind == "noise":
         x += rng.standard_normal(x.shape, dtype=np.float32) * 4.0
     elif kind == "shift":
-        dy, dx = rng.integers(-2, 3, size=2)
-        dy, dx = (dy or 1), (dx or -1)
-        x = np.pad(x, ((2, 2), (2, 2), (0, 0)), mode="edge")[2 - dy:2 - dy + SIZE, 2 - dx:2 - dx + SIZE]
+        dy, dx = [(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1)][rng.integers(6)]
+        x = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="edge")[1 - dy:1 - dy + SIZE, 1 - dx:1 - dx + SIZE]
     elif kind == "brightness":
-        x *= rng.choice([-1, 1]) * rng.uniform(0.06, 0.12) + 1
+        x *= rng.choice([-1, 1]) * rng.uniform(0.05, 0.1) + 1
     return np.clip(x, 0, 255).round().astype(np.uint8)
 
 
@@ -378,9 +390,10 @@ def plant_duplicates(images, labels, concepts, n_pairs: int, rng: np.random.Gene
                      exclude=(), offset: int = 0):
     """Overwrite ``n_pairs`` rows with copies of other rows (in place); disjoint pairs.
 
-    Returns pairs (P, 2) with row indices + ``offset`` (original, copy) and their kinds.
+    Returns pairs (P, 2) of row indices + ``offset``, smaller index first, and their kinds.
     """
     free = np.setdiff1d(np.arange(len(images)), np.asarray(list(exclude), dtype=np.int64))
+    n_pairs = min(n_pairs, len(free) // 2)   # tiny sources: as many as fit
     chosen = rng.choice(free, size=2 * n_pairs, replace=False)
     pairs, kinds = [], []
     for k in range(n_pairs):
@@ -398,16 +411,38 @@ def _check_size(n: int, what: str) -> None:
         raise BenchError(f"{what} must be a positive integer, got {n!r}")
 
 
-def make_synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: float = DUP_FRACTION,
-                       n_edge_cases: int = N_EDGE_CASES) -> ImageSource:
-    """``synth-passnet``: objects ∪ scenes, ``n_per_source`` images each (objects first)."""
+def _fresh(source: ImageSource) -> ImageSource:
+    """A caller's own copy of a cached source (arrays shared read-only, notes copied)."""
+    return dataclasses.replace(
+        source, notes=copy.deepcopy(source.notes), ids=list(source.ids), class_names=list(source.class_names),
+        concept_names=list(source.concept_names), group_names=list(source.group_names),
+        concept_groups={k: list(v) for k, v in source.concept_groups.items()})
+
+
+def _read_only(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        a.setflags(write=False)
+
+
+def make_synth_passnet(seed: int = 0, **kwargs) -> ImageSource:
+    """``synth-passnet``: objects ∪ scenes, ``n_per_source`` images each (objects first).
+
+    Generated once per process and parameters (≈1 s), then served from a small cache;
+    the cached arrays are read-only so no caller can change another's data.
+    """
+    return _fresh(_synth_passnet(seed, **kwargs))
+
+
+@functools.lru_cache(maxsize=4)
+def _synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: float = DUP_FRACTION,
+                   n_edge_cases: int = N_EDGE_CASES) -> ImageSource:
     _check_size(n_per_source, "n_per_source")
     if not 0 <= dup_fraction <= 0.25:
         raise BenchError(f"dup_fraction must be in [0, 0.25], got {dup_fraction}")
     r_obj, r_scn, r_dup = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, 1]).spawn(3))
     img_o, lab_o, con_o, _ = render_group("objects", n_per_source, r_obj)
     img_s, lab_s, con_s, edge = render_group("scenes", n_per_source, r_scn, n_edge=n_edge_cases)
-    n_pairs = int(round(dup_fraction * n_per_source))
+    n_pairs = round(dup_fraction * n_per_source)
     pairs_o, kinds_o = plant_duplicates(img_o, lab_o, con_o, n_pairs, r_dup)
     pairs_s, kinds_s = plant_duplicates(img_s, lab_s, con_s, n_pairs, r_dup, exclude=edge,
                                         offset=n_per_source)
@@ -424,9 +459,11 @@ def make_synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: 
         "duplicate_kinds": kinds_o + kinds_s,
         "seed": seed, "n_per_source": n_per_source,
     }
+    _read_only(images, labels, concepts, groups, pairs)
     return ImageSource(
         name="synth-passnet",
-        revision=content_revision(images, labels, concepts, groups, pairs, extra="synth-passnet/1"),
+        revision=content_revision(images, labels, concepts, groups, pairs if len(pairs) else None,
+                                  extra="synth-passnet/1"),   # content_revision cannot hash empty arrays
         n=len(images), array=images, ids=[f"{GROUP_NAMES[g]}/{i:05d}" for i, g in enumerate(groups)],
         labels=labels, class_names=list(CLASS_NAMES), concepts=concepts,
         concept_names=list(CONCEPT_NAMES), concept_groups={k: list(v) for k, v in CONCEPT_GROUPS.items()},
@@ -434,8 +471,15 @@ def make_synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: 
     )
 
 
-def make_synth_shift(seed: int = 0, *, n_per_level: int = 150, n_levels: int = 11, n_reference: int | None = None):
-    """``synth-shift``: returns (union, reference rows, [(proportion, rows)]) with all images disjoint.
+def make_synth_shift(seed: int = 0, **kwargs) -> ImageSource:
+    """``synth-shift`` as one source (see :func:`_synth_shift`); cached like synth-passnet."""
+    return _fresh(_synth_shift(seed, **kwargs))
+
+
+@functools.lru_cache(maxsize=4)
+def _synth_shift(seed: int = 0, *, n_per_level: int = 150, n_levels: int = 11,
+                 n_reference: int | None = None) -> ImageSource:
+    """``synth-shift``: the union of an objects-only reference and a ladder of mixes, all images disjoint.
 
     Level k mixes round(p_k·n) scenes into n images (p_k = k / (n_levels − 1)); the
     reference is a separate sample of objects only. In the union, group = level index,
@@ -447,7 +491,7 @@ def make_synth_shift(seed: int = 0, *, n_per_level: int = 150, n_levels: int = 1
     n_ref = n_per_level if n_reference is None else n_reference
     _check_size(n_ref, "n_reference")
     props = [k / (n_levels - 1) for k in range(n_levels)]
-    n_b = [int(round(p * n_per_level)) for p in props]
+    n_b = [round(p * n_per_level) for p in props]
     r_obj, r_scn, r_mix = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, 2]).spawn(3))
     n_obj = n_ref + sum(n_per_level - b for b in n_b)
     img_o, lab_o, con_o, _ = render_group("objects", n_obj, r_obj)
@@ -464,17 +508,19 @@ def make_synth_shift(seed: int = 0, *, n_per_level: int = 150, n_levels: int = 1
     is_scene = np.arange(len(images)) >= n_obj
     # union order: level 0, level 1, …, reference
     order = np.concatenate(levels + [np.arange(n_ref)])
-    groups = np.concatenate([np.full(n_per_level, k) for k in range(n_levels)] + [np.full(n_ref, n_levels)])
+    groups = np.concatenate([np.full(n_per_level, k, dtype=np.int64) for k in range(n_levels)]
+                            + [np.full(n_ref, n_levels, dtype=np.int64)])
     images, labels, concepts, is_scene = images[order], labels[order], concepts[order], is_scene[order]
     actual = [b / n_per_level for b in n_b]
     group_names = [f"p={p:.2f}" for p in actual] + ["reference"]
+    _read_only(images, labels, concepts, groups, is_scene)
     union = ImageSource(
         name="synth-shift",
         revision=content_revision(images, labels, concepts, groups, extra="synth-shift/1"),
         n=len(images), array=images, ids=[f"{group_names[g]}/{i:05d}" for i, g in enumerate(groups)],
         labels=labels, class_names=list(CLASS_NAMES), concepts=concepts,
         concept_names=list(CONCEPT_NAMES), concept_groups={k: list(v) for k, v in CONCEPT_GROUPS.items()},
-        groups=groups.astype(np.int64), group_names=group_names, duplicate_pairs=np.zeros((0, 2), np.int64),
+        groups=groups, group_names=group_names, duplicate_pairs=np.zeros((0, 2), np.int64),
         notes={"proportions": actual, "is_scene": is_scene, "source_names": ["objects", "scenes"],
                "seed": seed, "n_per_level": n_per_level},
     )

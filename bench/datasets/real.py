@@ -1,0 +1,403 @@
+"""Real datasets read from local roots (never downloaded): folders of images and CIFAR pickles.
+
+Folder datasets only *list* files at load time (sorted relative paths, so the order and the
+revision are deterministic); pixels are decoded lazily by ``ImageSource.loader(i)``.
+The revision hashes the sorted relative paths and file sizes — not the pixels (too slow
+for ImageNet) and not mtimes (so one copy of ImageNet on two machines gets one revision).
+
+Image size: the harness stacks images into batches, so every folder image is returned
+as a ``size``×``size`` RGB uint8 array (default 256): shorter side resized to ``size``
+(PIL bicubic, antialiased), then centre-cropped. Extractors then apply their own exact
+preprocessing; for the usual "resize ≥ crop, centre crop" pipelines the square centre
+crop loses no pixel those pipelines would keep.
+
+Unreadable files: a corrupt or truncated image raises a one-line ``DataError`` naming
+the file when it is read (never silently replaced). ``bench.datasets.drop_unreadable``
+decodes every file up front and returns the source without them, listing what it
+skipped in ``notes["skipped_files"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.config import dataset_root, env_var
+from bench.datasets.base import DatasetSpec, ImageSource, content_revision
+from bench.errors import BenchError, DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pbm"})
+DEFAULT_SIZE = 256
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _walk(root: Path) -> list[str]:
+    """Sorted relative paths of image files under ``root`` (recursive, hidden entries skipped)."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            raise DataError(f"cannot list {folder}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                stack.append(Path(entry.path))
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                out.append(os.path.relpath(entry.path, root))
+    out.sort()
+    return out
+
+
+def files_revision(root: Path, relpaths: list[str], extra: str = "") -> str:
+    """Hash of the sorted relative paths and sizes of the files (not pixels, not mtimes)."""
+    h = hashlib.sha256(extra.encode())
+    for rel in relpaths:
+        try:
+            size = os.stat(root / rel).st_size
+        except OSError:
+            size = -1
+        h.update(f"{rel}\0{size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
+    """Decode one image to RGB uint8; ``size``: shorter side → size, centre crop to a square.
+
+    A corrupt or truncated file raises a one-line DataError naming it.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")  # forces a full decode: truncation is detected here
+        if size is not None:
+            w, h = img.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            if (nw, nh) != (w, h):
+                img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"image file {path} has disappeared since the dataset was listed") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read image {path}: {msg} (corrupt or truncated? remove or replace the file)") \
+            from None
+
+
+def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, class_names=None,
+                   groups=None, group_names=None, size: int = DEFAULT_SIZE, roots: list[Path] | None = None,
+                   notes: dict | None = None, revision: str | None = None) -> ImageSource:
+    """An ImageSource over files; ``roots[i]`` (optional) is the root of file ``i``."""
+    paths = [str((roots[i] if roots else root) / rel) for i, rel in enumerate(relpaths)]
+
+    def loader(i: int) -> np.ndarray:
+        return read_image(paths[i], size)
+
+    return ImageSource(
+        name=name, revision=revision or files_revision(root, relpaths, extra=f"{name}|size={size}"),
+        n=len(paths), loader=loader, ids=list(relpaths), labels=labels, class_names=class_names,
+        groups=groups, group_names=group_names,
+        notes={"root": str(root), "image_size": size, **(notes or {})},
+    )
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _need_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise BenchError(f"{what}: {path} does not exist")
+    if not path.is_dir():
+        raise BenchError(f"{what}: {path} is not a folder")
+    return path
+
+
+def scan_class_folders(root: Path, what: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """``root/<class>/**/<image>``: sorted relative paths, labels, class names (sorted folders)."""
+    _need_dir(root, what)
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    relpaths: list[str] = []
+    labels: list[int] = []
+    for k, cls in enumerate(classes):
+        files = _walk(root / cls)
+        relpaths += [f"{cls}/{f}" for f in files]
+        labels += [k] * len(files)
+    if not relpaths:
+        loose = [f for f in _walk(root) if "/" not in f]
+        hint = f" ({len(loose)} images lie directly in it: put them in class sub-folders)" if loose else ""
+        raise DataError(f"{what}: no images found under {root}; expected {root}/<class>/<image>.jpg|png"
+                        f"{hint}")
+    return relpaths, np.asarray(labels, dtype=np.int64), classes
+
+
+def imagefolder_source(root: str | Path, *, name: str | None = None, size: int = DEFAULT_SIZE) -> ImageSource:
+    """Any ``root/<class>/<image>`` tree (torchvision ImageFolder layout); classes = sorted folders."""
+    root = Path(root).expanduser()
+    name = name or f"imagefolder:{root}"
+    relpaths, labels, classes = scan_class_folders(root, name)
+    return _folder_source(name, root, relpaths, labels=labels, class_names=classes, size=size)
+
+
+def imagefolder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
+    """Spec for ``imagefolder:PATH`` (resolved by name, not registered)."""
+    name = f"imagefolder:{path}"
+    root = Path(path).expanduser()
+
+    def ready() -> str | None:
+        if not root.is_dir():
+            return f"{root} is not a folder; expected {root}/<class>/<image>.jpg|png"
+        return None
+
+    return DatasetSpec(
+        name=name, description=f"images under {root.resolve()}, one sub-folder per class",
+        load=lambda seed=0, **kw: imagefolder_source(root, name=name, size=kw.get("size", size)),
+        ready=ready,
+    )
+
+
+# --------------------------------------------------------------------------- roots
+
+
+class Root:
+    """A configured dataset root: env var / config key ``key``, and the layout expected."""
+
+    def __init__(self, key: str, layout: str, check: Callable[[Path], Path | None]):
+        self.key, self.layout, self.check = key, layout, check
+
+    def find(self) -> tuple[Path | None, str | None]:
+        """(data folder, None) when usable, else (None, one-line reason)."""
+        root, origin = dataset_root(self.key)
+        hint = f"(or roots.{self.key} = \"...\" in bench.toml)"
+        if root is None:
+            return None, f"set {env_var(self.key)} {hint} to {self.layout}"
+        if not root.is_dir():
+            return None, f"{root} (from {origin}) is not a folder; set {env_var(self.key)} {hint} to {self.layout}"
+        found = self.check(root)
+        if found is None:
+            return None, f"{root} (from {origin}) does not look right; expected {self.layout}"
+        return found, None
+
+    def get(self) -> Path:
+        found, reason = self.find()
+        if found is None:
+            raise BenchError(reason)
+        return found
+
+    def ready(self) -> str | None:
+        return self.find()[1]
+
+
+def _first_dir(*candidates: Path) -> Path | None:
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _ilsvrc_split(split: str) -> Callable[[Path], Path | None]:
+    def check(root: Path) -> Path | None:
+        for base in (root, root / "Data" / "CLS-LOC", root / "ILSVRC" / "Data" / "CLS-LOC"):
+            if (base / split).is_dir():
+                return base
+        return None
+    return check
+
+
+IMAGENET = Root("imagenet", "the ILSVRC-2012 folder holding train/<wnid>/*.JPEG (and val/<wnid>/*.JPEG; "
+                "Kaggle's ILSVRC/Data/CLS-LOC/ layout also works)", _ilsvrc_split("train"))
+IMAGENET_VAL = Root("imagenet", "the ILSVRC-2012 folder holding val/<wnid>/*.JPEG (val images sorted into "
+                    "class folders, e.g. by valprep.sh)", _ilsvrc_split("val"))
+PASS = Root("pass", "the PASS images: a folder of *.jpg, or the extracted PASS.*.tar folders", lambda r: r)
+
+
+def _cifar_check(folder: str, marker: str) -> Callable[[Path], Path | None]:
+    def check(root: Path) -> Path | None:
+        for base in (root / folder, root):
+            if (base / marker).is_file():
+                return base
+        return None
+    return check
+
+
+CIFAR10 = Root("cifar10", "the folder holding cifar-10-batches-py/ (data_batch_1..5, test_batch, "
+               "batches.meta) or that folder itself", _cifar_check("cifar-10-batches-py", "batches.meta"))
+CIFAR100 = Root("cifar100", "the folder holding cifar-100-python/ (train, test, meta) or that folder itself",
+                _cifar_check("cifar-100-python", "meta"))
+
+
+def _fastai_check(prefix: str) -> Callable[[Path], Path | None]:
+    def check(root: Path) -> Path | None:
+        if (root / "train").is_dir():
+            return root
+        for sub in ("2-320", "2-160", "2", "-320", "-160", ""):
+            if (root / f"{prefix}{sub}" / "train").is_dir():
+                return root / f"{prefix}{sub}"
+        return None
+    return check
+
+
+IMAGENETTE = Root("imagenette", "the extracted imagenette2(-320|-160) folder holding train/<wnid>/*.JPEG",
+                  _fastai_check("imagenette"))
+IMAGEWOOF = Root("imagewoof", "the extracted imagewoof2(-320|-160) folder holding train/<wnid>/*.JPEG",
+                 _fastai_check("imagewoof"))
+
+IMAGENETTE_NAMES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck",
+    "n03425413": "gas pump", "n03445777": "golf ball", "n03888257": "parachute",
+}
+IMAGEWOOF_NAMES = {
+    "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle",
+    "n02089973": "English foxhound", "n02093754": "Border terrier", "n02096294": "Australian terrier",
+    "n02099601": "golden retriever", "n02105641": "Old English sheepdog", "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def _wnid_names(base: Path, wnids: list[str]) -> list[str]:
+    """``wnid`` → ``wnid (readable)`` when LOC_synset_mapping.txt lies in ``base`` or above it."""
+    for folder in [base, *list(base.parents)[:3]]:
+        cand = folder / "LOC_synset_mapping.txt"
+        if cand.is_file():
+            mapping = {}
+            for line in cand.read_text().splitlines():
+                wnid, _, text = line.partition(" ")
+                mapping[wnid] = text.split(",")[0].strip()
+            return [f"{w} ({mapping[w]})" if w in mapping else w for w in wnids]
+    return list(wnids)
+
+
+def load_imagenet(split: str = "train", *, size: int = DEFAULT_SIZE) -> ImageSource:
+    base = (IMAGENET if split == "train" else IMAGENET_VAL).get()
+    name = "imagenet" if split == "train" else "imagenet-val"
+    relpaths, labels, wnids = scan_class_folders(base / split, name)
+    return _folder_source(name, base / split, relpaths, labels=labels, class_names=_wnid_names(base, wnids),
+                          size=size, notes={"split": split})
+
+
+def load_pass(*, size: int = DEFAULT_SIZE) -> ImageSource:
+    """PASS: every image under the root (flat or in extracted tar folders); no labels."""
+    root = PASS.get()
+    relpaths = _walk(root)
+    if not relpaths:
+        raise DataError(f"pass: no images found under {root}; expected {PASS.layout}")
+    return _folder_source("pass", root, relpaths, size=size)
+
+
+def load_passnet(*, size: int = DEFAULT_SIZE) -> ImageSource:
+    """ImageNet (train) ∪ PASS, groups kept; PASS images carry label −1 (unlabelled)."""
+    inet, pss = load_imagenet("train", size=size), load_pass(size=size)
+    roots = [Path(inet.notes["root"])] * inet.n + [Path(pss.notes["root"])] * pss.n
+    labels = np.concatenate([inet.labels, np.full(pss.n, -1, dtype=np.int64)])
+    groups = np.repeat(np.arange(2, dtype=np.int64), [inet.n, pss.n])
+    src = _folder_source("passnet", roots[0], list(inet.ids) + list(pss.ids), labels=labels,
+                         class_names=inet.class_names, groups=groups, group_names=["imagenet", "pass"],
+                         size=size, roots=roots, notes={"unlabelled": -1},
+                         revision=hashlib.sha256(f"passnet|{inet.revision}|{pss.revision}".encode()).hexdigest()[:16])
+    src.ids = [f"imagenet/{p}" for p in inet.ids] + [f"pass/{p}" for p in pss.ids]
+    return src
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except FileNotFoundError:
+        raise BenchError(f"{path} is missing (expected the python-pickle CIFAR batches)") from None
+    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a readable CIFAR pickle ({e})") from None
+
+
+def _cifar_images(batches: list[dict], path: Path) -> np.ndarray:
+    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path}: CIFAR rows must have 3072 values (3×32×32), got shape {data.shape}")
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _names(meta: dict, key: bytes) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+
+
+def load_cifar10(split: str = "train") -> ImageSource:
+    base = CIFAR10.get()
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    batches = [_unpickle(base / f) for f in files]
+    images = _cifar_images(batches, base)
+    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
+    classes = _names(_unpickle(base / "batches.meta"), b"label_names")
+    name = "cifar10" if split == "train" else "cifar10-test"
+    return ImageSource(name=name, revision=content_revision(images, labels, extra=name), n=len(images),
+                       array=images, labels=labels, class_names=classes, notes={"root": str(base), "split": split})
+
+
+def load_cifar100(split: str = "train") -> ImageSource:
+    """CIFAR-100 with fine labels; the 20 coarse superclasses become a concept group."""
+    base = CIFAR100.get()
+    batch = _unpickle(base / ("train" if split == "train" else "test"))
+    meta = _unpickle(base / "meta")
+    images = _cifar_images([batch], base)
+    labels = np.asarray(batch[b"fine_labels"], dtype=np.int64)
+    coarse = np.asarray(batch[b"coarse_labels"], dtype=np.int64)
+    coarse_names = _names(meta, b"coarse_label_names")
+    concepts = np.zeros((len(images), len(coarse_names)), dtype=bool)
+    concepts[np.arange(len(images)), coarse] = True
+    name = "cifar100" if split == "train" else "cifar100-test"
+    return ImageSource(name=name, revision=content_revision(images, labels, coarse, extra=name), n=len(images),
+                       array=images, labels=labels, class_names=_names(meta, b"fine_label_names"),
+                       concepts=concepts, concept_names=[f"superclass:{c}" for c in coarse_names],
+                       concept_groups={"superclass": list(range(len(coarse_names)))},
+                       notes={"root": str(base), "split": split})
+
+
+def load_fastai(root: Root, name: str, readable: dict[str, str], split: str = "train",
+                *, size: int = DEFAULT_SIZE) -> ImageSource:
+    base = root.get()
+    relpaths, labels, wnids = scan_class_folders(base / split, name)
+    return _folder_source(name, base / split, relpaths, labels=labels,
+                          class_names=[readable.get(w, w) for w in wnids], size=size, notes={"split": split})
+
+
+def real_specs() -> list[DatasetSpec]:
+    """Specs of the real datasets (cheap: nothing is read until ``load``)."""
+    both = lambda: IMAGENET.ready() or PASS.ready()  # noqa: E731
+    return [
+        DatasetSpec("imagenet", "ILSVRC-2012 train (1000 classes), from $BENCH_IMAGENET_ROOT",
+                    lambda seed=0, **kw: load_imagenet("train", **kw), IMAGENET.ready),
+        DatasetSpec("imagenet-val", "ILSVRC-2012 val in class folders, from $BENCH_IMAGENET_ROOT",
+                    lambda seed=0, **kw: load_imagenet("val", **kw), IMAGENET_VAL.ready),
+        DatasetSpec("pass", "PASS (no people, no labels), from $BENCH_PASS_ROOT",
+                    lambda seed=0, **kw: load_pass(**kw), PASS.ready),
+        DatasetSpec("passnet", "ImageNet train ∪ PASS, groups imagenet/pass; PASS labels are -1",
+                    lambda seed=0, **kw: load_passnet(**kw), both),
+        DatasetSpec("cifar10", "CIFAR-10 train (python pickles), from $BENCH_CIFAR10_ROOT",
+                    lambda seed=0: load_cifar10("train"), CIFAR10.ready),
+        DatasetSpec("cifar10-test", "CIFAR-10 test (python pickles), from $BENCH_CIFAR10_ROOT",
+                    lambda seed=0: load_cifar10("test"), CIFAR10.ready),
+        DatasetSpec("cifar100", "CIFAR-100 train, fine labels, superclass concepts, from $BENCH_CIFAR100_ROOT",
+                    lambda seed=0: load_cifar100("train"), CIFAR100.ready),
+        DatasetSpec("cifar100-test", "CIFAR-100 test, from $BENCH_CIFAR100_ROOT",
+                    lambda seed=0: load_cifar100("test"), CIFAR100.ready),
+        DatasetSpec("imagenette", "Imagenette train (fastai, 10 easy ImageNet classes), from "
+                    "$BENCH_IMAGENETTE_ROOT",
+                    lambda seed=0, **kw: load_fastai(IMAGENETTE, "imagenette", IMAGENETTE_NAMES, **kw),
+                    IMAGENETTE.ready),
+        DatasetSpec("imagewoof", "Imagewoof train (fastai, 10 dog breeds), from $BENCH_IMAGEWOOF_ROOT",
+                    lambda seed=0, **kw: load_fastai(IMAGEWOOF, "imagewoof", IMAGEWOOF_NAMES, **kw),
+                    IMAGEWOOF.ready),
+    ]
