@@ -52,13 +52,21 @@ def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
     rep = summary.embedding if summary.embedding is not None else (
         M.one_hot(np.asarray(summary.codes)) if summary.codes is not None else None)
     if rep is not None and labels is not None:
-        out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep)[labelled], labels[labelled], seed=seed)
-        if summary.embedding is not None and backbone_probe is not None:
+        if backbone_probe is not None and summary.embedding is not None:
             out["probe_acc_backbone"] = backbone_probe()
+        if "probe_acc_backbone" in out and _is_backbone(summary.embedding, view):
+            out["probe_acc"] = out["probe_acc_backbone"]  # same input, same protocol: same number
+        else:
+            out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep)[labelled], labels[labelled], seed=seed)
     planted = view.source.duplicate_pairs
     if summary.duplicate_pairs is not None and planted is not None and len(planted):
         out.update(M.duplicate_scores(np.asarray(summary.duplicate_pairs), planted))
     return out
+
+
+def _is_backbone(embedding: np.ndarray, view: DataView) -> bool:
+    feats = view.features()
+    return np.shape(embedding) == feats.shape and np.array_equal(np.asarray(embedding), feats)
 
 
 def _halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -20,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
+RECORD_NAME = re.compile(r"seed-?\d+\.json")
 
 
 class Metric(BaseModel):
@@ -122,7 +124,7 @@ def save(record: Record, root: Path) -> Path:
 def load_all(root: Path) -> list[Record]:
     """Every record under ``root`` (sorted by path, so the order is deterministic)."""
     return [Record.model_validate_json(p.read_text(encoding="utf-8"))
-            for p in sorted(Path(root).rglob("seed*.json"))]
+            for p in sorted(Path(root).rglob("seed*.json")) if RECORD_NAME.fullmatch(p.name)]
 
 
 def environment() -> dict[str, str]:

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("seed*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("seed*.json"))
+            if records.RECORD_NAME.fullmatch(p.name)]
 
 
 @pytest.fixture(scope="module")
