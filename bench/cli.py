@@ -4,6 +4,7 @@
     bench run --methods protosim,dna --datasets passnet --extractor dino-vits16
     bench list | plugins | datasets | extractors
     bench leaderboard [RESULTS] [-o leaderboards]
+    bench report RUN_DIR [-o report.html]   # one self-contained HTML page of a run's pictures
     bench check METHOD              # the plugin conformance checks
 
 User mistakes end with one ``error: …`` line and exit status 2, never a traceback.
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard tables from records")
     lb.add_argument("results", nargs="?", type=Path, default=Path("results"), help="records directory")
     lb.add_argument("-o", "--out", type=Path, default=Path("leaderboards"), help="output directory")
+    rp = sub.add_parser("report", help="render a run's records and artefacts as one self-contained HTML page")
+    rp.add_argument("run_dir", type=Path, help="records directory of a run (its --out)")
+    rp.add_argument("-o", "--out", type=Path, default=None, help="output file (default RUN_DIR/report.html)")
     ck = sub.add_parser("check", help="run the conformance checks on a method (for plugin authors)")
     ck.add_argument("method")
     return p
@@ -213,7 +217,7 @@ def cmd_plugins(args) -> int:
     regs = _regs(args)
     table = Table(title="plugins (entry-point group 'bench')")
     for col in ("name", "distribution", "version", "status", "hooks / error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for p in regs.plugins:
         status = {"ok": "[green]ok[/]", "error": "[red]error[/]"}.get(p.status, p.status)
         table.add_row(p.name, p.distribution, p.version, status, escape(p.error) or ", ".join(
@@ -260,6 +264,14 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from bench.report import build_report
+
+    path = build_report(args.run_dir, args.out, regs=_regs(args))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_check(args) -> int:
     from bench.conformance import check_method
 
@@ -272,7 +284,8 @@ def cmd_check(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "datasets": cmd_datasets,
-            "extractors": cmd_extractors, "leaderboard": cmd_leaderboard, "check": cmd_check}
+            "extractors": cmd_extractors, "leaderboard": cmd_leaderboard, "report": cmd_report,
+            "check": cmd_check}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

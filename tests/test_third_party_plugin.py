@@ -64,7 +64,7 @@ def _pip_install(pkg: Path, target: Path) -> None:
 
 
 def _bench(args, target: Path, cwd: Path):
-    env = dict(os.environ, PYTHONPATH=str(target) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(target) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, env=env, check=False,
                           capture_output=True, text=True, timeout=600)
 
