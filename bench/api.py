@@ -16,6 +16,7 @@ import copy
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -87,6 +88,7 @@ class DataView:
         batch_size: int = 64,
         indices: np.ndarray | None = None,
         progress: bool = False,
+        artefact_dir: Path | None = None,
     ):
         self.source = source
         self.extractor = extractor
@@ -95,6 +97,8 @@ class DataView:
         self.batch_size = batch_size
         self.indices = np.arange(source.n) if indices is None else np.asarray(indices, dtype=np.int64)
         self.progress = progress
+        #: where a method may write files for reports (figures …); None outside a run
+        self.artefact_dir = artefact_dir
 
     # ground truth, restricted to this view -----------------------------------------
     def __len__(self) -> int:

@@ -119,6 +119,7 @@ def evaluate_comparator(comparator: Comparator, view: DataView, *, seed: int, sp
             result = comparator.compare(view.subset(between[0]), view.subset(between[1]), seed=seed)
             out["score_between"] = float(result.score)
             detail["between"] = what
+            detail["between_detail"] = {"pair": what, "score": float(result.score), **result.detail}
     if "score_between" in out and out["score_between"] != 0:
         ratio = out["score_null"] / out["score_between"]
         out["null_over_between"] = ratio if direction else 1.0 / ratio if ratio else float("inf")

@@ -180,9 +180,9 @@ class Runner:
             source = limit_source(source, self.cfg.limit, seed=0)
         return source
 
-    def _view(self, source: ImageSource, extractor) -> DataView:
+    def _view(self, source: ImageSource, extractor, artefact_dir: Path | None = None) -> DataView:
         return DataView(source, extractor, self.store, device=self.device, batch_size=self.cfg.batch_size,
-                        progress=self.cfg.progress)
+                        progress=self.cfg.progress, artefact_dir=artefact_dir)
 
     def _base_record(self, spec, source, extractor, method, seed, roles, preset) -> records.Record:
         first = next(iter(roles.values()))
@@ -216,7 +216,7 @@ class Runner:
                     return CellResult(old, path, skipped=True)
             except ValueError:
                 pass  # unreadable: recompute
-        view = self._view(source, extractor)
+        view = self._view(source, extractor, artefact_dir=path.with_suffix("").parent / f"{path.stem}.files")
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         if self.device.type == "cuda":
@@ -242,7 +242,10 @@ class Runner:
                 rec.statistics.update({k: _float_or_none(v) for k, v in summary.statistics.items()})
                 tables = summary.artefacts.get("tables") or {}
                 rec.tables.update({k: _jsonable(v) for k, v in tables.items()})
-                self._save_artefacts(path, summary.artefacts)
+                artefacts = dict(summary.artefacts)
+                if summary.codes is not None:
+                    artefacts.setdefault("codes", np.asarray(summary.codes))
+                self._save_artefacts(path, artefacts)
             if "comparator" in roles:
                 comp = roles["comparator"]
                 t0 = time.perf_counter()
@@ -252,6 +255,8 @@ class Runner:
                 metrics.update(cmetrics)
                 if "ladder" in detail:
                     rec.tables["fidelity_ladder"] = detail["ladder"]
+                if "between_detail" in detail:
+                    self._save_artefacts(path, {"comparison": detail["between_detail"]}, suffix="comparison")
         except BenchError as exc:
             rec.status, rec.error = "error", str(exc)
         except Exception as exc:  # noqa: BLE001 - a method bug must not end the grid
@@ -277,17 +282,18 @@ class Runner:
         return self._probe_cache[key]
 
     @staticmethod
-    def _save_artefacts(record_file: Path, artefacts: dict[str, Any]) -> None:
+    def _save_artefacts(record_file: Path, artefacts: dict[str, Any], suffix: str = "artefacts") -> None:
+        """Arrays → ``seedN.{suffix}.npz``, the JSON-able rest → ``seedN.{suffix}.json`` (atomic)."""
         arrays = {k: np.asarray(v) for k, v in artefacts.items() if isinstance(v, np.ndarray)}
         other = {k: v for k, v in artefacts.items() if k != "tables" and not isinstance(v, np.ndarray)}
         stem = record_file.with_suffix("")
         if arrays:
             stem.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stem.parent / f".{stem.name}.artefacts.tmp.npz"
+            tmp = stem.parent / f".{stem.name}.{suffix}.tmp.npz"
             np.savez_compressed(tmp, **arrays)
-            tmp.replace(stem.parent / f"{stem.name}.artefacts.npz")
+            tmp.replace(stem.parent / f"{stem.name}.{suffix}.npz")
         if other:
-            records.write_atomic(stem.parent / f"{stem.name}.artefacts.json",
+            records.write_atomic(stem.parent / f"{stem.name}.{suffix}.json",
                                  json.dumps(_jsonable(other), indent=1, sort_keys=True))
 
 

@@ -1,0 +1,324 @@
+"""`bench report`: a real small run rendered and opened in headless Chromium (every section
+present, every image decoded), hand-made run directories for the sections a fast run cannot
+produce and for missing / broken artefacts, the hook for third-party sections, bad input."""
+
+from __future__ import annotations
+
+import fcntl
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import bench
+from bench import plugins
+from bench import records as R
+from bench.cli import main
+from bench.datasets import get_spec
+from bench.datasets import limit as limit_source
+from bench.report import ReportSection, RunData, build_report, markdown_html
+from bench.report_sections import _nfd, variation_of_information
+from bench.runner import Runner
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var secs = Array.prototype.slice.call(document.querySelectorAll('section.report-section'));
+  var out = document.createElement('pre');
+  out.id = 'bench-check';
+  out.textContent = JSON.stringify({
+    images: imgs.length,
+    broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                .map(function (i) { return i.alt; }),
+    sections: secs.map(function (s) { return s.id; }),
+    notes: document.querySelectorAll('.note').length
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+# --------------------------------------------------------------------------- chromium
+
+
+def _find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed with apt-get where missing (one installer at a time)."""
+    exe = _find_chromium()
+    if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
+        with open("/tmp/bench-chromium-install.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _find_chromium() is None:
+                env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+                subprocess.run(["apt-get", "update"], check=True, capture_output=True, env=env, timeout=600)
+                subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True,
+                               env=env, timeout=1200)
+        exe = _find_chromium()
+    assert exe, "headless Chromium is needed: apt-get install -y chromium (Debian's package)"
+    return exe
+
+
+def browser_check(chromium: str, report: Path, tmp_path: Path) -> dict:
+    """Open ``report`` from disk in headless Chromium; return what the page's images and sections are."""
+    page = tmp_path / "check.html"
+    page.write_text(report.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"),
+                    encoding="utf-8")
+    proc = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r'<pre id="bench-check">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"no check output from chromium (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def _section_ids(text: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)" class="report-section"', text)
+
+
+def _section_html(text: str, key: str) -> str:
+    found = re.search(rf'<section id="{key}" class="report-section".*?</section>', text, re.S)
+    assert found, f"section {key} missing"
+    return found.group(0)
+
+
+def _assert_self_contained(text: str) -> None:
+    assert not re.search(r'(src|href)="(?!data:image/png;base64,|#)', text), "a resource outside the page"
+    assert "<script" not in text and "<link" not in text and "@import" not in text
+
+
+# --------------------------------------------------------------------------- a real small run
+
+
+@pytest.fixture(scope="module")
+def regs():
+    return plugins.load()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, regs):
+    out = tmp_path_factory.mktemp("report-run") / "results"
+    common = ["--extractor", "pixels", "--out", str(out), "--no-progress"]
+    methods = "kmeans,fd,multicut,wavelet,qrp,dna"
+    assert main(["run", "--datasets", "digits", "--limit", "200", "--methods", methods, *common]) == 0
+    return out
+
+
+def test_small_run_renders_and_every_image_loads_in_chromium(small_run, regs, chromium, tmp_path, capsys):
+    report = tmp_path / "report.html"
+    assert main(["report", str(small_run), "-o", str(report)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    text = report.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    expected = {"leaderboard", "datasets", "comparators", "multicut", "wavelet", "dna", "qrp"}
+    assert expected <= set(_section_ids(text))
+    assert "protosim" not in _section_ids(text)   # not in the run: no empty section
+    # every method of the run is in the leaderboard table, and the fidelity plot names fd
+    lb = _section_html(text, "leaderboard")
+    for m in ("kmeans", "fd", "multicut", "wavelet", "qrp", "dna"):
+        assert f"<td>{m} 1</td>" in lb
+    assert "digits (limit 200): comparator scores" in _section_html(text, "comparators")
+    assert "expert breakdown" in _section_html(text, "qrp")
+    # multicut saves no cluster ids today: the section says so and still shows sizes
+    mc = _section_html(text, "multicut")
+    assert "cluster ids were not saved" in mc and "cluster sizes" in mc
+
+    seen = browser_check(chromium, report, tmp_path)
+    assert expected <= set(seen["sections"])
+    assert seen["images"] == text.count("<img ") >= 5 and seen["broken"] == []
+
+
+# --------------------------------------------------------------------------- hand-made runs
+
+
+def _digits(regs, n: int):
+    return limit_source(get_spec(regs.datasets, "digits").load(seed=0), n, seed=0)
+
+
+def _write(root: Path, method: str, src, extractor: str, *, roles=("summariser",), tables=None,
+           artefacts=None,
+           status="ok", error=None, revision=None, seed=0) -> Path:
+    rec = R.Record(method=R.MethodInfo(name=method, version="1", roles=list(roles)),
+                   dataset=R.DatasetInfo(name=src.name, revision=revision or src.revision, n=src.n,
+                                         limit=src.n),
+                   features=R.FeatureInfo(extractor=extractor), seed=seed, status=status, error=error,
+                   tables=tables or {}, metrics={"nmi": R.Metric(value=0.5, higher_is_better=True)})
+    rec.config_hash = R.config_hash(rec.method, "quick")
+    rec.comparability_key = R.comparability_key(rec)
+    path = R.save(rec, root)
+    if artefacts:
+        Runner._save_artefacts(path, artefacts)   # the runner's own writer: same files as a real run
+    return path
+
+
+@pytest.fixture(scope="module")
+def crafted(tmp_path_factory, regs):
+    """Multicut codes through two extractors, wavelet groups, ProtoSim with and without its
+    figures, DNAs of two datasets, QRP, plus a failed cell, missing and corrupt artefacts."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("crafted") / "run"
+    src = _digits(regs, 60)
+    other = _digits(regs, 40)
+    labels = src.labels
+    rng = np.random.default_rng(0)
+    _write(root, "multicut", src, "pixels",
+           artefacts={"codes": labels.copy(), "cluster_sizes": np.bincount(labels)})
+    noisy = np.where(rng.random(len(labels)) < 0.3, rng.integers(0, 10, len(labels)), labels)
+    _write(root, "multicut", src, "tiny-vit", artefacts={"codes": noisy, "cluster_sizes": np.bincount(noisy)})
+    _write(root, "wavelet", src, "pixels", artefacts={"redundant_groups": [[0, 5, 9], [1, 2]],
+                                                      "influential_groups": [[3, 4, 7, 8]]})
+    fig = root.parent / "figs" / "protosim-specific-a.png"
+    fig.parent.mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)).save(fig)
+    _write(root, "protosim", src, "tiny-vit", tables={"protosim_groups": [
+        {"group": "a", "prototypes_used": 10, "specific_prototypes": 3}]},
+        artefacts={"figures": [str(fig)], "top_images": {"4": [1, 2, 3]}})
+    _write(root, "protosim", src, "pixels", artefacts={
+        "figures": [str(root.parent / "gone.png")], "top_images": {"4": [1, 2, 3], "7": [5, 6]},
+        "specific_prototypes": {"a": [4]}, "shared_prototypes": [7]})
+    layers = [{"layer": "l1", "neurons": 2, "mean_entropy_bits": 3.0}, {"layer": "l2", "neurons": 3,
+                                                                       "mean_entropy_bits": 4.0}]
+    mu = np.arange(5, dtype=np.float64)
+    _write(root, "dna", src, "pixels", tables={"dna_layers": layers},
+           artefacts={"gaussian_mu": mu, "gaussian_var": np.ones(5)})
+    _write(root, "dna", other, "pixels", tables={"dna_layers": layers},
+           artefacts={"gaussian_mu": mu + np.array([0, 0, 0, 0, 3.0]), "gaussian_var": np.ones(5)})
+    _write(root, "qrp", src, "pixels", tables={"qrp_expert_breakdown": [
+        {"step": 1, "added": "gt/labels", "nmi": 0.5, "nmi_std": 0.1},
+        {"step": 2, "added": "gt/x", "nmi": 0.6}]})
+    _write(root, "qrp", other, "pixels")                                 # no table at all
+    _write(root, "kmeans", other, "pixels", status="error", error="DataError: k=99 is larger than N")
+    wav = _write(root, "wavelet", other, "pixels", artefacts={"redundant_groups": [[0, 1]]})
+    (wav.parent / "seed0.artefacts.json").write_text("{not json")      # corrupt artefacts file
+    shift = SimpleNamespace(name="shift-like", revision="feedfacefeedface", n=300)   # images unavailable
+    for method, seed, scores in (("fd", 0, [0.1, 1, 4, 9]), ("fd", 1, [0.1, 1.2, 3.8, 9.2]),
+                                 ("similarity", 0, [1.0, 0.8, 0.3, 0.1]), ("flat", 0, [2.0, 2.0, 2.0, 2.0])):
+        _write(root, method, shift, "pixels", roles=("comparator",), seed=seed, tables={"fidelity_ladder": [
+            {"proportion": p, "score": s} for p, s in zip([0.0, 0.3, 0.6, 1.0], scores)]})
+    _write(root, "multicut", src, "stale", revision="0123456789abcdef",  # images of another dataset version
+           artefacts={"codes": labels.copy()})
+    return root
+
+
+def test_crafted_run_draws_every_section_and_says_what_is_missing(crafted, regs, chromium, tmp_path):
+    report = build_report(crafted, tmp_path / "r.html", regs=regs)
+    text = report.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    assert {"leaderboard", "datasets", "fidelity", "protosim", "multicut", "wavelet", "dna", "qrp"} <= set(
+        _section_ids(text))
+
+    mc = _section_html(text, "multicut")
+    assert "variation of information between extractors" in mc and mc.count("largest clusters") >= 2
+    assert "revision 0123456789abcdef" in mc and "not drawing images of another dataset version" in mc
+    ps = _section_html(text, "protosim")
+    assert "protosim-specific-a: top images" in ps                       # the plugin's own figure
+    assert "gone.png is missing" in ps and "top images per prototype" in ps   # fallback montage
+    wv = _section_html(text, "wavelet")
+    assert "largest redundant groups" in wv and "largest influential groups" in wv
+    assert "unreadable seed0.artefacts.json" in wv
+    assert "redundant groups were not saved" in wv
+    dna = _section_html(text, "dna")
+    assert "pixels: digits vs digits" in dna and "per-layer descriptors" in dna
+    qrp = _section_html(text, "qrp")
+    assert "expert breakdown" in qrp and "has no qrp_expert_breakdown table" in qrp
+    assert "k=99 is larger than N" in _section_html(text, "leaderboard")
+    fid = _section_html(text, "fidelity")                  # every comparator of the ladder in one plot
+    assert fid.count("<img ") == 1
+    assert all(f"<th>{m} / pixels</th>" in fid for m in ("fd", "similarity", "flat"))
+    assert "<td>9.1</td>" in fid and "<td>1.1</td>" in fid  # fd: two seeds averaged
+    assert "shift-like" in _section_html(text, "datasets") and "could not be loaded" in text
+
+    seen = browser_check(chromium, report, tmp_path)
+    assert seen["broken"] == [] and seen["images"] >= 12 and seen["notes"] >= 5
+
+
+def test_third_party_sections_and_a_broken_one_do_not_end_the_report(crafted, tmp_path):
+    regs = plugins.load()
+
+    class Mine:
+        @bench.hookimpl
+        def bench_report_sections(self, run):
+            n = len(run.records)
+            return ReportSection("My plugin", html=f"<p>{n} records seen</p>",
+                                 figures=[np.full((8, 8, 3), 200, np.uint8)],
+                                 notes=["my artefact is missing"])
+
+    class Broken:
+        @bench.hookimpl
+        def bench_report_sections(self, run):
+            raise RuntimeError("boom")
+
+    regs.manager.register(Mine(), name="mine")
+    regs.manager.register(Broken(), name="broken")
+    text = build_report(crafted, tmp_path / "r.html", regs=regs).read_text(encoding="utf-8")
+    ids = _section_ids(text)
+    assert ids[0] == "leaderboard" and "my-plugin" in ids          # built-ins first, then plugins
+    mine = _section_html(text, "my-plugin")
+    assert "records seen" in mine and "my artefact is missing" in mine and "data:image/png;base64," in mine
+    assert "bench_report_sections raised RuntimeError: boom" in text
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "no run directory" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no run records" in capsys.readouterr().err
+    bad = tmp_path / "bad" / "x" / "seed0.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{}")
+    assert main(["report", str(tmp_path / "bad")]) == 2
+    assert "none of the 1 records" in capsys.readouterr().err
+
+
+def test_partly_unreadable_records_are_reported(crafted, regs, tmp_path):
+    broken = tmp_path / "run"
+    shutil.copytree(crafted, broken)
+    (broken / "junk@1" / "x").mkdir(parents=True)
+    (broken / "junk@1" / "x" / "seed3.json").write_text("{\"status\": ")
+    run = RunData.load(broken, regs=regs)
+    assert len(run.records) == len(R.load_all(crafted)) and len(run.problems) == 1
+    text = build_report(broken, regs=regs).read_text(encoding="utf-8")   # default: RUN_DIR/report.html
+    assert "unreadable record junk@1/x/seed3.json" in _section_html(text, "leaderboard")
+
+
+# --------------------------------------------------------------------------- the numbers drawn
+
+
+def test_variation_of_information_against_closed_forms():
+    a = np.repeat([0, 1], 50)
+    assert variation_of_information(a, a) == pytest.approx(0.0)
+    assert variation_of_information(a, 1 - a) == pytest.approx(0.0)      # VI ignores the names
+    b = np.tile([0, 1], 50)                                              # independent halves
+    assert variation_of_information(a, b) == pytest.approx(2 * np.log(2))
+    ones = np.zeros(100, dtype=int)                                      # one cluster vs two
+    assert variation_of_information(ones, a) == pytest.approx(np.log(2))
+
+
+def test_nfd_is_the_frechet_distance_of_1d_gaussians():
+    rng = np.random.default_rng(1)
+    mu_a, mu_b = rng.normal(size=6), rng.normal(size=6)
+    sd_a, sd_b = rng.uniform(0.1, 2, 6), rng.uniform(0.1, 2, 6)
+    got = _nfd(mu_a, sd_a ** 2, mu_b, sd_b ** 2)
+    assert np.allclose(got, (mu_a - mu_b) ** 2 + (sd_a - sd_b) ** 2)
+
+
+def test_markdown_tables_and_folds():
+    out = markdown_html("# ds\n\ntext `k`\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n## more\n\n- item")
+    assert "<h3>ds</h3>" in out and "<code>k</code>" in out
+    assert "<th>a</th>" in out and "<td>&lt;x&gt;</td>" in out and "|---|" not in out
+    assert "<details><summary>more</summary>" in out and "<li>item</li>" in out and out.endswith("</details>")
