@@ -1,0 +1,253 @@
+"""ProtoSim end to end on tiny data: the hard switch, resume = uninterrupted run, the planted
+"person" concept coming out as dataset-specific prototypes, the comparator, bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from bench_protosim.analysis import instance_matrix, top_images
+from bench_protosim.data import Backbone, ImageTable
+from bench_protosim.layer import ProtoSimLayer
+from bench_protosim.method import ProtoSim, ProtoSimComparator
+from bench_protosim.train import TrainConfig, Trainer
+
+from bench.api import DataView
+from bench.datasets.base import ImageSource, content_revision
+from bench.datasets.synth import make_synth_passnet
+from bench.errors import BenchError
+from bench.extractors.base import Extractor
+from bench.features import FeatureStore
+from bench.testing import make_tiny_view
+
+
+class SmallViT(Extractor):
+    """A seeded random-init timm ViT (patch 8, dynamic image size) made here, no download."""
+
+    name = "test-vit"
+    has_tokens = True
+
+    def __init__(self, *, size: int = 32, patch: int = 8, dim: int = 48, seed: int = 0):
+        super().__init__(weights=None, device="cpu")
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=size,
+                                           patch_size=patch, embed_dim=dim, depth=2, num_heads=3,
+                                           num_classes=0, dynamic_img_size=True).eval()
+        self.size, self.patch = size, patch
+        self.data_config = {"input_size": (3, size, size), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return (x - 0.5) / 0.5
+
+    @torch.no_grad()
+    def tokens(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(batch)
+
+    def forward(self, batch, layers=("pooled",)):
+        t = self.tokens(batch)
+        return {layer: t[:, 0] if layer == "pooled" else t for layer in layers}
+
+    def cache_key(self):
+        return {"name": self.name, "size": self.size, "patch": self.patch}
+
+
+SMALL = dict(n_prototypes=64, epochs=3, hard_epoch=2, batch_size=16, lr=5e-4, out_dim=64, head_hidden_dim=32,
+             head_bottleneck_dim=16, global_crop_size=32, local_crop_size=16, n_local_crops=2,
+             n_figure_prototypes=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on the shared CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def passnet_view() -> DataView:
+    return DataView(make_synth_passnet(0, n_per_source=60), SmallViT(), FeatureStore(None), batch_size=40)
+
+
+def _trainer(view, tmp_path, num_workers=0, **over):
+    cfg = TrainConfig.from_params({**SMALL, "epochs": 3, **over})
+    return Trainer(cfg, Backbone(view.extractor, torch.device("cpu")), ImageTable.from_view(view), seed=0,
+                   checkpoint_dir=tmp_path, num_workers=num_workers)
+
+
+def test_loader_workers_do_not_change_the_result(passnet_view, tmp_path):
+    one = _trainer(passnet_view, tmp_path / "a", epochs=1).run()
+    two = _trainer(passnet_view, tmp_path / "b", epochs=1, num_workers=2).run()
+    for a, b in zip(one.student.state_dict().values(), two.student.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_soft_to_hard_switch_at_the_configured_epoch(passnet_view, tmp_path, monkeypatch):
+    calls: list[tuple[bool, bool]] = []
+    original = ProtoSimLayer.forward
+
+    def spy(self, z, *, hard=False, gumbel=True, **kw):
+        calls.append((hard, gumbel))
+        return original(self, z, hard=hard, gumbel=gumbel, **kw)
+
+    monkeypatch.setattr(ProtoSimLayer, "forward", spy)
+    trainer = _trainer(passnet_view, tmp_path, hard_epoch=2)
+    result = trainer.run()
+    assert [row["hard"] for row in result.history[1:]] == [False, False, True]
+    # per step: teacher (soft Gumbel, always), then student on global and local crops
+    per_step = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert len(per_step) == 3 * trainer.steps
+    assert all(s[0] == (False, True) for s in per_step)                            # teacher
+    assert {(s[1], s[2]) for s in per_step[:2 * trainer.steps]} == {((False, True), (False, True))}
+    assert {(s[1], s[2]) for s in per_step[2 * trainer.steps:]} == {((True, True), (True, True))}
+    assert all(np.isfinite(row["loss"]) for row in result.history[1:])
+
+
+def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, tmp_path):
+    full = _trainer(passnet_view, tmp_path / "full").run()
+
+    def interrupt(epoch, it, loss):
+        if epoch == 1 and it == 1:
+            raise KeyboardInterrupt
+
+    broken = _trainer(passnet_view, tmp_path / "resumed")
+    broken.on_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        broken.run()
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 0                                                   # epoch 1 never finished
+    resumed = _trainer(passnet_view, tmp_path / "resumed").run()
+    assert resumed.resumed_from_epoch == 0
+    for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(full.teacher.state_dict().values(), resumed.teacher.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    # a finished run resumes to itself without training; other settings are refused
+    again = _trainer(passnet_view, tmp_path / "full").run()
+    assert again.resumed_from_epoch == 2 and torch.equal(again.student.protosim.prototypes,
+                                                         full.student.protosim.prototypes)
+    with pytest.raises(BenchError, match="different run"):
+        _trainer(passnet_view, tmp_path / "full", n_prototypes=32).run()
+
+
+def _planted_source(n: int = 60, seed: int = 0) -> ImageSource:
+    """Two groups from one generator (noisy backgrounds, a random coloured square); only group 0
+    has the planted "person": a magenta body with a skin-coloured head, in half its images."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 80, size=(2 * n, 32, 32, 3)).astype(np.uint8)
+    images += rng.integers(0, 120, size=(2 * n, 1, 1, 3)).astype(np.uint8)
+    for i in range(2 * n):
+        y, x = rng.integers(0, 20, 2)
+        images[i, y:y + 10, x:x + 10] = rng.integers(0, 256, 3)
+    person = np.zeros(2 * n, dtype=bool)
+    person[rng.choice(n, n // 2, replace=False)] = True
+    for i in np.flatnonzero(person):
+        y, x = 8 * rng.integers(0, 3), 8 * rng.integers(0, 4)
+        images[i, y:y + 8, x:x + 8] = (230, 190, 150)
+        images[i, y + 8:y + 16, x:x + 8] = (230, 20, 230)
+    return ImageSource(name="planted", revision=content_revision(images), n=2 * n, array=images,
+                       concepts=person[:, None], concept_names=["person"],
+                       groups=np.repeat([0, 1], n), group_names=["with-people", "without"])
+
+
+def test_planted_person_comes_out_as_dataset_specific_prototypes(tmp_path):
+    """The paper's case study in miniature: two datasets alike except that only one has people.
+
+    The most specific prototype of the group with people is the person: it fires in most of
+    the 30 person images, in no image of the other group, and its top images all show a person.
+    """
+    view = DataView(_planted_source(), SmallViT(), FeatureStore(None), batch_size=40)
+    est = ProtoSim(**{**SMALL, "n_prototypes": 1024, "epochs": 1, "hard_epoch": 1}).fit(view, seed=0)
+    a = est.summary_.artefacts
+    person = view.concepts[:, 0]
+    best = a["specific_prototypes"]["with-people"][0]
+    assert a["group_image_counts"][:, best].tolist()[1] == 0 and a["group_image_counts"][0, best] >= 20
+    assert person[top_images(instance_matrix(a), best, 6)].all()
+
+
+def test_fit_on_synth_passnet(passnet_view, tmp_path):
+    est = ProtoSim(**{**SMALL, "n_figure_prototypes": 2, "n_top_images": 4}, checkpoint_dir=str(tmp_path))
+    est.fit(passnet_view, seed=0)
+    s = est.summary_
+    n = len(passnet_view)
+    assert s.codes.shape == (n,) and s.embedding.shape == (n, 48) and np.isfinite(s.embedding).all()
+    st = s.statistics
+    assert st["n_groups"] == 2 and st["n_shared"] + st["n_specific"] == st["n_prototypes_used"]
+    assert st["n_specific_objects"] > 0 and all(isinstance(v, float) for v in st.values())
+    # counts are consistent: every image has one class token and 16 patch tokens
+    assert s.artefacts["instance_counts_data"].sum() == n * 17 and s.artefacts["group_cls_counts"].sum() == n
+    assert s.artefacts["group_spatial_counts"].sum() == n * 16
+    assert s.artefacts["token_position_counts"].shape == (17, 64)
+    assert s.artefacts["group_image_counts"].sum(0).max() <= n
+    figures = s.artefacts["figures"]
+    assert len(figures) == 3 and all(open(f, "rb").read(4) == b"\x89PNG" for f in figures)
+    rows = s.artefacts["tables"]["protosim_training"]
+    assert [r["epoch"] for r in rows] == [-1, 0, 1, 2] and rows[-1]["hard"] is True
+    # any prototype on demand, and the fitted method pickles without the data
+    path = est.save_prototype_grid([0, int(s.codes[0])], tmp_path / "any.png", n_images=3)
+    assert path.exists()
+    clone = pickle.loads(pickle.dumps(est))
+    assert np.array_equal(clone.summary_.codes, s.codes)
+
+
+def test_comparator_sees_two_sources_as_more_different_than_two_halves(passnet_view):
+    comp = ProtoSimComparator(**{**SMALL, "epochs": 1, "hard_epoch": 1})
+    g = passnet_view.groups
+    objects, scenes = np.flatnonzero(g == 0), np.flatnonzero(g == 1)
+    between = comp.compare(passnet_view.subset(objects[:30]), passnet_view.subset(scenes[:30]), seed=0)
+    null = comp.compare(passnet_view.subset(objects[:30]), passnet_view.subset(objects[30:]), seed=0)
+    assert 0 <= null.score < between.score <= 1
+    assert between.statistics["specific_share"] > null.statistics["specific_share"]
+    assert set(between.statistics) >= {"jensen_shannon_bits", "specific_share", "n_shared"}
+    share = ProtoSimComparator(**{**SMALL, "epochs": 1, "hard_epoch": 1}, score="specific_share")
+    again = share.compare(passnet_view.subset(objects[:30]), passnet_view.subset(scenes[:30]), seed=0)
+    assert again.score == pytest.approx(between.statistics["specific_share"])
+
+
+def test_single_dataset_and_balanced_sampling(tmp_path):
+    src = make_synth_passnet(1, n_per_source=20).subset(np.arange(20))
+    one = DataView(src, SmallViT(), FeatureStore(None))
+    one.source.groups = None
+    est = ProtoSim(**{**SMALL, "epochs": 1}).fit(one, seed=0)
+    assert est.summary_.statistics["n_groups"] == 1 and "n_specific" not in est.summary_.statistics
+
+    big = make_synth_passnet(2, n_per_source=40)
+    skewed = DataView(big, SmallViT(), FeatureStore(None)).subset(np.r_[np.arange(40), 40 + np.arange(4)])
+    trainer = _trainer(skewed, tmp_path, balanced=True)
+    torch.manual_seed(0)
+    rows = trainer._epoch_rows(0).flatten().numpy()
+    share = (ImageTable.from_view(skewed).groups[rows] == 1).mean()
+    assert 0.3 < share < 0.7                                   # 4 of 44 images, drawn half the time
+
+
+def test_bad_input_gives_one_line_errors(passnet_view):
+    with pytest.raises(BenchError, match="needs a ViT extractor"):
+        ProtoSim(**SMALL).fit(make_tiny_view(), seed=0)
+    for bad in ({"n_prototypes": 0}, {"lr_schedule": "warm"}, {"specific_threshold": 1.5},
+                {"stats_weights": "ema"}, {"local_crop_scale": (0.5, 0.1)}):
+        with pytest.raises(BenchError) as err:
+            ProtoSim(**{**SMALL, **bad}).fit(passnet_view, seed=0)
+        assert "\n" not in str(err.value)
+    with pytest.raises(BenchError, match=r"K=100000 needs about .* GiB"):
+        ProtoSim(**{**SMALL, "n_prototypes": 100_000, "memory_limit_gb": 0.05}).fit(passnet_view, seed=0)
+    with pytest.raises(BenchError, match="empty"):
+        ProtoSimComparator(**SMALL).compare(passnet_view.subset([]), passnet_view, seed=0)
+
+
+def test_plugin_registers_both_roles():
+    import bench.plugins
+
+    regs = bench.plugins.load()
+    assert regs.summarisers.get("protosim") is ProtoSim
+    assert regs.comparators.get("protosim") is ProtoSimComparator
+    assert ProtoSim().get_params()["n_prototypes"] == 8192 and ProtoSim().epochs == 20
+    ProtoSim().set_params(**ProtoSim.quick_params)
