@@ -14,11 +14,15 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from bench.errors import BenchError
+
 
 class Extractor:
     """Base class. Subclasses set ``model`` and implement ``preprocess`` and ``forward``."""
 
     name: ClassVar[str] = ""
+    #: the frozen torch module (None for model-free extractors such as ``pixels``)
+    model: Any = None
     #: True for backbones whose tokens are (B, T, D) with a class token first (ViTs)
     has_tokens: ClassVar[bool] = False
 
@@ -48,7 +52,41 @@ class Extractor:
         """Every input that changes the output; hashed by the FeatureStore."""
         raise NotImplementedError
 
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The preprocessing, timm ``resolve_model_data_config`` style: ``input_size`` (3, h, w),
+        ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``. Methods that make their
+        own crops (ProtoSim) normalise them with this ``mean``/``std``."""
+        return dict(getattr(self, "_data_config", None) or {})
+
+    @data_config.setter
+    def data_config(self, value: dict[str, Any]) -> None:
+        self._data_config = dict(value)
+
     # --- shared ---------------------------------------------------------------------
+    def available_layers(self) -> list[str]:
+        """Every layer name ``forward`` accepts."""
+        return ["pooled"] + (["tokens"] if self.has_tokens else []) + list(self.layer_names)
+
+    def check_layers(self, layers: Sequence[str]) -> None:
+        """Raise ONE line naming the available layers if any of ``layers`` is unknown."""
+        if isinstance(layers, str):
+            raise BenchError(f"{self.name}: layers must be a list of names, got the string {layers!r}")
+        available = self.available_layers()
+        bad = [k for k in layers if k not in available]
+        if bad:
+            raise BenchError(f"extractor {self.name!r}: unknown layer(s) {', '.join(map(repr, bad))}; "
+                             f"available: {', '.join(available)}")
+
+    @torch.no_grad()
+    def tokens(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch (B, 3, h, w) on ``self.device`` → final tokens (B, T, D), class token
+        first. ViTs accept crops of other sizes than ``data_config["input_size"]``."""
+        if not self.has_tokens:
+            raise BenchError(f"extractor {self.name!r} has no token outputs (not a ViT); "
+                             "use a ViT extractor such as tiny-vit or dino-vits16")
+        return self.forward(batch, ["tokens"])["tokens"]
+
     def to(self, device: str | torch.device) -> Extractor:
         self.device = torch.device(device)
         model = getattr(self, "model", None)

@@ -27,6 +27,11 @@ class PixelsExtractor(Extractor):
         super().__init__(weights=None, device=device)
         self.size = size
 
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return {"input_size": (3, self.size, self.size), "interpolation": "bilinear", "crop_pct": 1.0,
+                "crop_mode": "squash", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
@@ -35,15 +40,8 @@ class PixelsExtractor(Extractor):
         return x
 
     def forward(self, batch: torch.Tensor, layers: Sequence[str] = ("pooled",)) -> dict[str, torch.Tensor]:
-        out = {}
-        for layer in layers:
-            if layer == "pooled":
-                out[layer] = batch.flatten(1)
-            elif layer == "image":
-                out[layer] = batch
-            else:
-                raise BenchError(f"pixels: unknown layer {layer!r}; available: pooled, image")
-        return out
+        self.check_layers(layers)
+        return {layer: batch.flatten(1) if layer == "pooled" else batch for layer in layers}
 
     @property
     def layer_names(self) -> list[str]:
