@@ -25,8 +25,16 @@ from rich.table import Table
 from bench import __version__
 from bench.errors import BenchError
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _console(stderr: bool) -> Console:
+    """Rich console; when piped (CI logs, files) use a wide fixed width so tables stay readable."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, width=160 if piped else None)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 
 
 def _csv(text: str) -> list[str]:
