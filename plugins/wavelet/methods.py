@@ -1,0 +1,257 @@
+"""The harness-facing classes: the ``wavelet`` Summariser and Comparator."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.api import Comparator, Comparison, DataView, Summariser, Summary
+from bench.errors import BenchError, DataError
+
+from .algorithm2 import eigengap_count, laplacian_eigenvalues
+from .core import (
+    Reduction,
+    algorithm1,
+    algorithm2,
+    coefficient_matrix,
+    nearest_neighbours,
+    stack_images,
+    train_test_analysis,
+)
+from .dwt import PAPER_COEFFICIENTS, resolve_coefficients
+from .ssim import SSIMStats, ssim_matrix
+
+ALGORITHMS = ("wavelet-kmeans", "ssim-spectral", "ssim-threshold")
+
+
+def _read(view: DataView, image_size: int | None, what: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    if len(view) == 0:
+        raise DataError(f"wavelet: {what} {view.name!r} is empty")
+    if image_size is not None:
+        if not isinstance(image_size, (int, np.integer)) or image_size < 2:
+            raise BenchError(f"wavelet: image_size must be an integer >= 2 or None, got {image_size!r}")
+        size = (int(image_size), int(image_size))
+    # one image per batch: view.images() stacks a batch, which fails on mixed sizes
+    batches = view.images(batch_size=1) if _mixed_sizes_possible(view) else view.images()
+    return stack_images(batches, size=size, what=f"images of {view.name!r}")
+
+
+def _mixed_sizes_possible(view: DataView) -> bool:
+    return getattr(view.source, "array", None) is None
+
+
+def _ids(view: DataView, idx: np.ndarray) -> list[str] | None:
+    ids = getattr(view.source, "ids", None)
+    if ids is None:
+        return None
+    return [str(ids[int(view.indices[i])]) for i in idx]
+
+
+class WaveletSummariser(Summariser):
+    """Yousefzadeh (arXiv 2002.10257): similar training images without a trained model.
+
+    ``algorithm="wavelet-kmeans"`` is Algorithm 1 (wavelet coefficients, pivoted QR with the
+    condition cap ``tau``, k-means with ``n_clusters``); ``"ssim-spectral"`` is Algorithm 2
+    (SSIM matrix, Laplacian eigen-gaps > ``gamma`` choose n_c, spectral clustering);
+    ``"ssim-threshold"`` is its O(n²) scan with ``ssim_threshold``. Codes are cluster ids;
+    the duplicate pairs are the pairs inside redundant (single-label) clusters.
+
+    ``n_clusters``: int (absolute), float in (0, 1] (fraction of N; the paper used 0.94),
+    "eigengap" (Algorithm 2's rule on the SSIM matrix), "auto" (near-identical groups, see
+    :func:`bench_wavelet.core.auto_n_clusters`), or None = "auto" for Algorithm 1 and
+    "eigengap" for Algorithm 2. ``coefficients="auto"`` keeps all level-1 coefficients up to
+    ``max_coefficients`` (3,072 = CIFAR, the paper's run) and the approximation band of a
+    coarser level for larger images.
+    """
+
+    name: ClassVar[str] = "wavelet"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
+    quick_params: ClassVar[dict[str, Any]] = {"max_iter": 30}
+
+    def __init__(self, *, algorithm: str = "wavelet-kmeans", wavelet: str = "db1", level: int = 1,
+                 mode: str = "symmetric", coefficients: str = "auto", max_coefficients: int = PAPER_COEFFICIENTS,
+                 tau: float = 1e5, n_columns: int | None = None, rrqr: str = "auto", qr: str = "gram",
+                 n_clusters: int | float | str | None = None, auto_z: float = 4.0,
+                 init: str = "greedy-k-means++", gamma: float = 0.4, ssim_threshold: float = 0.9,
+                 ssim_win_size: int = 7, max_iter: int = 100, image_size: int | None = None,
+                 backend: str = "auto", return_embedding: bool = True):
+        self.algorithm = algorithm
+        self.wavelet = wavelet
+        self.level = level
+        self.mode = mode
+        self.coefficients = coefficients
+        self.max_coefficients = max_coefficients
+        self.tau = tau
+        self.n_columns = n_columns
+        self.rrqr = rrqr
+        self.qr = qr
+        self.n_clusters = n_clusters
+        self.auto_z = auto_z
+        self.init = init
+        self.gamma = gamma
+        self.ssim_threshold = ssim_threshold
+        self.ssim_win_size = ssim_win_size
+        self.max_iter = max_iter
+        self.image_size = image_size
+        self.backend = backend
+        self.return_embedding = return_embedding
+
+    def fit(self, data: DataView, *, seed: int = 0) -> WaveletSummariser:
+        if self.algorithm not in ALGORITHMS:
+            raise BenchError(f"wavelet: algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        t0 = time.perf_counter()
+        images = _read(data, self.image_size, "dataset")
+        if len(images) < 2:
+            raise DataError(f"wavelet: need at least 2 images to find similar ones, got {len(images)}")
+        labels = data.labels
+        t_read = time.perf_counter() - t0
+        if self.algorithm == "wavelet-kmeans":
+            t0 = time.perf_counter()
+            level, coefficients = resolve_coefficients(images.shape[1:3], self.wavelet, self.level, self.mode,
+                                                       self.coefficients, self.max_coefficients)
+            w = coefficient_matrix(images, wavelet=self.wavelet, level=level, mode=self.mode,
+                                   coefficients=coefficients, backend=self.backend, device=data.device)
+            t_dwt = time.perf_counter() - t0
+            n_c: Any = "auto" if self.n_clusters is None else self.n_clusters
+            extra: dict[str, float] = {"level_used": float(level),
+                                       "approximation_only": float(coefficients == "approximation")}
+            if isinstance(n_c, str) and n_c != "auto":
+                if n_c != "eigengap":
+                    raise BenchError(f"wavelet: n_clusters must be a number, 'auto', 'eigengap' or None, "
+                                     f"got {n_c!r}")
+                s = ssim_matrix(SSIMStats(images, win_size=self.ssim_win_size, device=data.device))
+                n_c = min(eigengap_count(laplacian_eigenvalues(s), self.gamma), len(images) - 1)
+                extra["eigengap_n_clusters"] = float(n_c)
+            res = algorithm1(w, labels, n_clusters=n_c, auto_z=self.auto_z, tau=self.tau, n_columns=self.n_columns,
+                             rrqr=self.rrqr, qr=self.qr, init=self.init, max_iter=self.max_iter, seed=seed,
+                             device=data.device)
+            del w
+            stats = {**res.statistics, **extra, "time_read_s": t_read, "time_dwt_s": t_dwt}
+            artefacts: dict[str, Any] = {"kept_columns": res.columns}
+            embedding = res.embedding if self.return_embedding else None
+            codes, red = res.codes, res.reduction
+        else:
+            variant = self.algorithm.split("-")[1]
+            n_c = "eigengap" if self.n_clusters is None else self.n_clusters
+            res2 = algorithm2(images, labels, variant=variant, n_clusters=n_c, gamma=self.gamma,
+                              threshold=self.ssim_threshold, win_size=self.ssim_win_size,
+                              max_iter=self.max_iter, seed=seed, device=data.device)
+            stats = {**res2.statistics, "time_read_s": t_read}
+            artefacts = {}
+            if res2.eigenvalues is not None:
+                artefacts["laplacian_eigenvalues"] = res2.eigenvalues
+            embedding = res2.embedding if self.return_embedding else None
+            codes, red = res2.codes, res2.reduction
+        artefacts.update(self._group_artefacts(data, red, labels))
+        stats = {k: float(v) for k, v in stats.items() if np.isfinite(v)}     # records hold finite numbers
+        self.summary_ = Summary(codes=np.asarray(codes, dtype=np.int64), embedding=embedding,
+                                duplicate_pairs=red.duplicate_pairs(), statistics=stats, artefacts=artefacts)
+        self.reduction_ = red
+        return self
+
+    @staticmethod
+    def _group_artefacts(data: DataView, red: Reduction, labels: np.ndarray | None) -> dict[str, Any]:
+        names = getattr(data.source, "class_names", None)
+
+        def label_of(i: int) -> Any:
+            if labels is None:
+                return None
+            lab = int(labels[i])
+            return names[lab] if names is not None and 0 <= lab < len(names) else lab
+
+        redundant_rows = [{"group": g, "kept": grp[0], "discarded": grp[1:], "size": len(grp),
+                           "label": label_of(grp[0])} for g, grp in enumerate(red.redundant_groups)]
+        influential_rows = [{"group": g, "members": grp, "size": len(grp),
+                             "labels": sorted({str(label_of(i)) for i in grp})}
+                            for g, grp in enumerate(red.influential_groups)]
+        out: dict[str, Any] = {
+            "redundant_groups": red.redundant_groups,
+            "influential_groups": red.influential_groups,
+            "reduced_indices": red.reduced.tolist(),
+            "tables": {"wavelet_redundant_groups": redundant_rows,
+                       "wavelet_influential_groups": influential_rows},
+        }
+        ids = _ids(data, red.reduced)
+        if ids is not None:
+            out["reduced_ids"] = ids
+        return out
+
+
+class WaveletComparator(Comparator):
+    """Two datasets compared in wavelet space: nearest-neighbour distances and the
+    cross-dataset near-duplicate rate (SSIM >= ``ssim_threshold`` with the most similar image
+    of the other set, SSIM scored on the ``n_candidates`` nearest wavelet neighbours, or on
+    every pair with ``n_candidates=None``).
+
+    score = ½ [log(d̄(B→A) / d̄(B→B∖b)) + log(d̄(A→B) / d̄(A→A∖a))], d̄ = mean Euclidean distance
+    to the nearest neighbour: 0 for two samples of one distribution, larger when apart.
+    """
+
+    name: ClassVar[str] = "wavelet"
+    version: ClassVar[str] = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
+    larger_is_more_different: ClassVar[bool] = True
+    quick_params: ClassVar[dict[str, Any]] = {"n_candidates": 1}
+
+    def __init__(self, *, wavelet: str = "db1", level: int = 1, mode: str = "symmetric",
+                 coefficients: str = "auto", max_coefficients: int = PAPER_COEFFICIENTS,
+                 image_size: int | None = None, ssim_threshold: float = 0.9,
+                 n_candidates: int | None = 5, ssim_win_size: int = 7, backend: str = "auto"):
+        self.wavelet = wavelet
+        self.level = level
+        self.mode = mode
+        self.coefficients = coefficients
+        self.max_coefficients = max_coefficients
+        self.image_size = image_size
+        self.ssim_threshold = ssim_threshold
+        self.n_candidates = n_candidates
+        self.ssim_win_size = ssim_win_size
+        self.backend = backend
+
+    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+        if self.n_candidates is not None and (not isinstance(self.n_candidates, (int, np.integer))
+                                              or self.n_candidates < 1):
+            raise BenchError(f"wavelet: n_candidates must be a positive integer or None, got {self.n_candidates!r}")
+        ia = _read(a, self.image_size, "dataset")
+        ib = _read(b, self.image_size, "dataset", size=ia.shape[1:3])
+        if len(ia) < 2 or len(ib) < 2:
+            raise DataError(f"wavelet: comparing needs at least 2 images per dataset, got {len(ia)} and {len(ib)}")
+        level, coefficients = resolve_coefficients(ia.shape[1:3], self.wavelet, self.level, self.mode,
+                                                   self.coefficients, self.max_coefficients)
+        kw = dict(wavelet=self.wavelet, level=level, mode=self.mode, coefficients=coefficients,
+                  backend=self.backend, device=a.device, dtype=np.float32)
+        wa, wb = coefficient_matrix(ia, **kw), coefficient_matrix(ib, **kw)
+        centre = (wa.mean(axis=0, dtype=np.float64) + wb.mean(axis=0, dtype=np.float64)) / 2
+        wa -= centre.astype(np.float32)
+        wb -= centre.astype(np.float32)
+        d_ba, i_ba = nearest_neighbours(wb, wa, 1)
+        d_ab, i_ab = nearest_neighbours(wa, wb, 1)
+        d_aa, _ = nearest_neighbours(wa, wa, 1, exclude_self=True)
+        d_bb, _ = nearest_neighbours(wb, wb, 1, exclude_self=True)
+        floor = 1e-9 * float(np.sqrt(np.mean(np.concatenate([(wa * wa).sum(1), (wb * wb).sum(1)]))) + 1e-30)
+        means = {k: max(float(v.mean()), floor) for k, v in
+                 (("ba", d_ba), ("ab", d_ab), ("aa", d_aa), ("bb", d_bb))}
+        score = 0.5 * (np.log(means["ba"] / means["bb"]) + np.log(means["ab"] / means["aa"]))
+        kw_tt = dict(threshold=self.ssim_threshold, n_candidates=self.n_candidates, win_size=self.ssim_win_size,
+                     device=a.device)
+        b_in_a = train_test_analysis(ia, ib, w_train=wa, w_test=wb, **kw_tt)
+        a_in_b = train_test_analysis(ib, ia, w_train=wb, w_test=wa, **kw_tt)
+        near = np.flatnonzero(b_in_a["near_identical"])
+        detail = {
+            "nearest_a_for_b": i_ba[:, 0], "distance_b_to_a": d_ba[:, 0],
+            "nearest_b_for_a": i_ab[:, 0], "distance_a_to_b": d_ab[:, 0],
+            "most_similar_a_for_b": b_in_a["nearest"], "ssim_b_to_a": b_in_a["similarity"],
+            "most_similar_b_for_a": a_in_b["nearest"], "ssim_a_to_b": a_in_b["similarity"],
+            "near_duplicate_pairs": np.stack([b_in_a["nearest"][near], near], axis=1),   # (a index, b index)
+            "least_similar_b": b_in_a["least_similar"][:20],
+        }
+        statistics = {
+            "near_duplicate_rate_b_in_a": b_in_a["share"], "near_duplicate_rate_a_in_b": a_in_b["share"],
+            "mean_nn_distance_b_to_a": means["ba"], "mean_nn_distance_a_to_b": means["ab"],
+            "mean_nn_distance_within_a": means["aa"], "mean_nn_distance_within_b": means["bb"],
+            "n_a": float(len(ia)), "n_b": float(len(ib)),
+        }
+        return Comparison(score=float(score), detail=detail, statistics=statistics)
