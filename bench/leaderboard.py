@@ -78,7 +78,7 @@ def build(records: list[Record]) -> dict[str, str]:
             for rec in cells[key]:
                 metric_names |= set(rec.metrics)
         metrics = _ordered(metric_names)
-        header = ["method", "extractor", "seeds"] + [m + _arrow(m) for m in metrics] + ["fit s", "key"]
+        header = ["method", "extractor", "seeds"] + [m + _arrow(m) for m in metrics] + ["time s", "key"]
         rows, stats_sections, table_sections, errors = [], [], [], []
         for key in keys:
             recs = sorted(cells[key], key=lambda r: r.seed)
