@@ -62,6 +62,21 @@ def _extractor_names(view: DataView) -> tuple[str, str]:
 class _MulticutParams:
     """Parameters shared by the Summariser and the Comparator (paper defaults)."""
 
+    def __init__(self, *, cal: float | str | None = None, graph: str = "auto", knn: int = 30,
+                 knn_random: int = 100, max_dense_gb: float = 8.0, kl: bool = True,
+                 kl_outer_iterations: int = 100, kl_inner_iterations: int | str | None = "auto",
+                 backend: str = "own", layer: str = "pooled"):
+        self.cal = cal
+        self.graph = graph
+        self.knn = knn
+        self.knn_random = knn_random
+        self.max_dense_gb = max_dense_gb
+        self.kl = kl
+        self.kl_outer_iterations = kl_outer_iterations
+        self.kl_inner_iterations = kl_inner_iterations
+        self.backend = backend
+        self.layer = layer
+
     def _check(self) -> None:
         C.check_cal(self.cal)
         if self.graph not in GRAPHS:
@@ -196,21 +211,6 @@ class Multicut(_MulticutParams, Summariser):
     requires: ClassVar[frozenset[str]] = frozenset({"features"})
     quick_params: ClassVar[dict] = {}
 
-    def __init__(self, *, cal: float | str | None = None, graph: str = "auto", knn: int = 30,
-                 knn_random: int = 100, max_dense_gb: float = 8.0, kl: bool = True,
-                 kl_outer_iterations: int = 100, kl_inner_iterations: int | str | None = "auto",
-                 backend: str = "own", layer: str = "pooled"):
-        self.cal = cal
-        self.graph = graph
-        self.knn = knn
-        self.knn_random = knn_random
-        self.max_dense_gb = max_dense_gb
-        self.kl = kl
-        self.kl_outer_iterations = kl_outer_iterations
-        self.kl_inner_iterations = kl_inner_iterations
-        self.backend = backend
-        self.layer = layer
-
     def fit(self, data: DataView, *, seed: int = 0) -> Multicut:
         self._check()
         if len(data) == 0:
@@ -274,21 +274,6 @@ class MulticutComparator(_MulticutParams, Comparator):
     requires: ClassVar[frozenset[str]] = frozenset({"features"})
     larger_is_more_different: ClassVar[bool] = True
     quick_params: ClassVar[dict] = {}
-
-    def __init__(self, *, cal: float | str | None = None, graph: str = "auto", knn: int = 30,
-                 knn_random: int = 100, max_dense_gb: float = 8.0, kl: bool = True,
-                 kl_outer_iterations: int = 100, kl_inner_iterations: int | str | None = "auto",
-                 backend: str = "own", layer: str = "pooled"):
-        self.cal = cal
-        self.graph = graph
-        self.knn = knn
-        self.knn_random = knn_random
-        self.max_dense_gb = max_dense_gb
-        self.kl = kl
-        self.kl_outer_iterations = kl_outer_iterations
-        self.kl_inner_iterations = kl_inner_iterations
-        self.backend = backend
-        self.layer = layer
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
         self._check()
