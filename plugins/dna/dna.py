@@ -125,12 +125,8 @@ class GaussianDNA(DNA):
         n = n1 + n2
         mu, var = {}, {}
         for k in self.layers:
-            m1, m2 = self.mu[k], other.mu[k].to(self.mu[k].device)
-            delta = m2 - m1
-            ss = self.var[k] * max(n1 - 1, 0) + other.var[k].to(m1.device) * max(n2 - 1, 0)
-            ss = ss + delta * delta * (n1 * n2 / n)
-            mu[k] = m1 + delta * (n2 / n)
-            var[k] = ss / (n - 1) if n > 1 else torch.zeros_like(ss)
+            mu[k], var[k] = _pooled_moments(self.mu[k], self.var[k], n1, other.mu[k], other.var[k], n2,
+                                            torch.mul)
         return GaussianDNA(**self._meta(other, n), mu=mu, var=var)
 
 
@@ -157,12 +153,8 @@ class LayerGaussianDNA(DNA):
         n = n1 + n2
         mu, sigma = {}, {}
         for k in self.layers:
-            m1, m2 = self.mu[k], other.mu[k].to(self.mu[k].device)
-            delta = m2 - m1
-            ss = self.sigma[k] * max(n1 - 1, 0) + other.sigma[k].to(m1.device) * max(n2 - 1, 0)
-            ss = ss + torch.outer(delta, delta) * (n1 * n2 / n)
-            mu[k] = m1 + delta * (n2 / n)
-            sigma[k] = ss / (n - 1) if n > 1 else torch.zeros_like(ss)
+            mu[k], sigma[k] = _pooled_moments(self.mu[k], self.sigma[k], n1, other.mu[k], other.sigma[k], n2,
+                                              torch.outer)
         return LayerGaussianDNA(**self._meta(other, n), mu=mu, sigma=sigma)
 
 
@@ -460,3 +452,15 @@ def build_from_view(view: DataView, *, layers: Sequence[str], kinds: Sequence[st
         builder.update(acts, group)
         start += b
     return builder
+
+
+def _pooled_moments(m1: torch.Tensor, s1: torch.Tensor, n1: int, m2: torch.Tensor, s2: torch.Tensor, n2: int,
+                    product) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased (co)variance of a union from its two parts (Chan et al.'s parallel
+    update). ``product`` is ``torch.mul`` for per-neuron variances, ``torch.outer`` for a
+    covariance: the mean shift enters as δ·δ or δδᵀ."""
+    n = n1 + n2
+    m2, s2 = m2.to(m1.device), s2.to(m1.device)
+    delta = m2 - m1
+    ss = s1 * max(n1 - 1, 0) + s2 * max(n2 - 1, 0) + product(delta, delta) * (n1 * n2 / n)
+    return m1 + delta * (n2 / n), (ss / (n - 1) if n > 1 else torch.zeros_like(ss))
