@@ -21,27 +21,44 @@ def faiss_kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, nredo
                  use_gpu: bool | None = None, max_points_per_centroid: int | None = None):
     """faiss k-means (GPU when faiss has GPUs and ``use_gpu`` is not False).
 
-    Returns (assignments (N,), centroids (k, d), inertia). faiss subsamples to 256 points
-    per centroid by default; we lift that cap unless asked, so the result uses all data.
+    Restart ``r`` starts from the rows ``bench.kmeans.initial_indices(n, k, seed + r)``, the
+    same start the torch path (GPU without faiss-gpu, torchrun) uses, so the backend does not
+    change the clustering; the restart with the lowest inertia is kept. faiss subsamples to
+    256 points per centroid by default; we lift that cap unless asked, so all data is used.
+
+    Returns (assignments (N,), centroids (k, d), inertia).
     """
+    from bench.kmeans import initial_indices
+
     x = np.ascontiguousarray(check_finite(np.asarray(x, dtype=np.float32)))
     n, d = x.shape
     check_k(k, n, what="k")
     gpu = (faiss.get_num_gpus() > 0) if use_gpu is None else use_gpu
-    km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) + 1234, nredo=nredo, gpu=bool(gpu), verbose=False,
-                      max_points_per_centroid=max_points_per_centroid or max(256, -(-n // k)),
-                      min_points_per_centroid=1)
-    km.train(x)
-    dist, assign = km.index.search(x, 1)
-    return assign.ravel().astype(np.int64), km.centroids.copy(), float(dist.sum())
+    best = None
+    for restart in range(max(1, nredo)):
+        km = faiss.Kmeans(d, k, niter=niter, seed=int(seed) + restart, gpu=bool(gpu), verbose=False,
+                          max_points_per_centroid=max_points_per_centroid or max(256, -(-n // k)),
+                          min_points_per_centroid=1)
+        km.train(x, init_centroids=x[initial_indices(n, k, int(seed) + restart)])
+        dist, assign = km.index.search(x, 1)
+        inertia = float(dist.astype(np.float64).sum())
+        if best is None or inertia < best[2]:
+            best = (assign.ravel().astype(np.int64), km.centroids.copy(), inertia)
+    return best
 
 
 class KMeans(Summariser):
-    """k-means (faiss) on pooled extractor features; ``k=None`` uses the number of classes."""
+    """k-means on pooled extractor features; ``k=None`` uses the number of classes.
+
+    faiss on CPU (and on GPU when faiss was built with GPU support); torch Lloyd
+    (``bench.kmeans``) on a CUDA device without faiss-gpu and under torchrun, where every rank
+    clusters its own rows and only centroid sums are all-reduced.
+    """
 
     name = "kmeans"
-    version = "1"
+    version = "2"   # 2: restarts start from bench.kmeans.initial_indices (shared by both backends)
     requires: ClassVar[frozenset[str]] = frozenset({"features"})
+    distributed: ClassVar[bool] = True
 
     def __init__(self, *, k: int | None = None, niter: int = 20, nredo: int = 1, layer: str = "pooled"):
         self.k = k
@@ -50,12 +67,27 @@ class KMeans(Summariser):
         self.layer = layer
 
     def fit(self, data: DataView, *, seed: int = 0) -> KMeans:
+        from bench import distributed
+        from bench.kmeans import lloyd
+
         x = data.features(self.layer)
         k = self.k
         if k is None:
             k = len(np.unique(data.labels)) if data.labels is not None else 10
-        codes, centroids, inertia = faiss_kmeans(x, int(k), niter=self.niter, seed=seed, nredo=self.nredo,
-                                                 use_gpu=str(data.device).startswith("cuda") or None)
+        on_cuda = str(data.device).startswith("cuda")
+        ctx = distributed.context()
+        if ctx.world_size > 1 or (on_cuda and faiss.get_num_gpus() == 0):
+            start, stop = distributed.shard_range(len(x), ctx.rank, ctx.world_size)
+            fits = [lloyd(x[start:stop], int(k), niter=self.niter, seed=seed + r, device=data.device,
+                          offset=start, n_total=len(x)) for r in range(max(1, self.nredo))]
+            fit = min(fits, key=lambda f: f.inertia)
+            self.backend_ = "torch"
+            codes = distributed.all_gather_rows(fit.codes, start, len(x))
+            centroids, inertia = fit.centroids, fit.inertia
+        else:
+            codes, centroids, inertia = faiss_kmeans(x, int(k), niter=self.niter, seed=seed, nredo=self.nredo,
+                                                     use_gpu=on_cuda or None)
+            self.backend_ = "faiss"
         self.k_ = int(k)
         self.centroids_ = centroids
         # no embedding: the probe then reads the one-hot cluster ids, k-means' own representation

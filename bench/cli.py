@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     r.add_argument("--shard", type=_shard, default=None, help="run only shard i/n of the grid (job arrays)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.add_argument("--launcher", choices=["none", "torchrun"], default="none",
+                   help="torchrun: start --nproc-per-node processes with torch.distributed.run; feature "
+                   "extraction is sharded over them, protosim trains with DDP, kmeans all-reduces")
+    r.add_argument("--nproc-per-node", default="auto", metavar="N",
+                   help="processes for --launcher torchrun (default auto: one per GPU, else per CPU)")
 
     sub.add_parser("list", help="list runnable methods (summarisers and comparators)")
     sub.add_parser("plugins", help="list plugins with version, status and errors")
@@ -131,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=os.environ.get("BENCH_LOG", "WARNING"))
     if args.command is None:
         parser.print_help()
@@ -152,7 +159,46 @@ def _regs(args):
     return plugins.load(strict=args.strict_plugins)
 
 
+LAUNCHER_OPTIONS = ("--launcher", "--nproc-per-node")
+
+
+def _without_launcher(argv: list[str]) -> list[str]:
+    """``argv`` minus the launcher options (``--opt value`` and ``--opt=value`` forms)."""
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+        elif tok in LAUNCHER_OPTIONS:
+            skip = True
+        elif not tok.startswith(tuple(f"{o}=" for o in LAUNCHER_OPTIONS)):
+            out.append(tok)
+    return out
+
+
+def launch_torchrun(argv: list[str], nproc: str) -> int:
+    """Re-run this command under torchrun (``torch.distributed.run --standalone``) on one node."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "bench", *_without_launcher(argv)]
+    err_console.print(f"[dim]{escape(' '.join(cmd[1:]))}[/]")
+    return subprocess.call(cmd)
+
+
 def cmd_run(args) -> int:
+    from bench import distributed
+
+    if args.launcher == "torchrun" and not distributed.launched():
+        return launch_torchrun(args.argv, args.nproc_per_node)
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True   # rank 0 prints the run; the others only their errors
+    try:
+        return _run(args)
+    finally:
+        distributed.shutdown()
+
+
+def _run(args) -> int:
     from bench.runner import DEFAULT_DATASETS, DEFAULT_EXTRACTOR, DEFAULT_METHODS, RunConfig, Runner
 
     params: dict[str, dict] = {}

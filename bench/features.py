@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from bench import distributed
+from bench.records import write_atomic
+
 if TYPE_CHECKING:  # pragma: no cover
     from bench.datasets.base import ImageSource
     from bench.extractors.base import Extractor
@@ -57,32 +60,82 @@ class FeatureStore:
 
     def features(self, source: ImageSource, extractor: Extractor, *, layer: str = "pooled",
                  device: str | torch.device = "cpu", batch_size: int = 64,
-                 progress: bool = False) -> np.ndarray:
+                 progress: bool = False, collective: bool = False) -> np.ndarray:
+        """(N, D) features of ``source``, extracted once and then read from disk.
+
+        ``collective=True`` under torchrun (every rank calls it): each rank extracts and writes
+        its own contiguous shard, rank 0 writes the manifest after a barrier, and every rank then
+        reads the features from disk; ranks never exchange features. Shards already on disk are
+        kept, so a rerun after a lost rank redoes only that rank's shard.
+        """
         key = self.key(source, extractor, layer)
         if key in self._memory:
             return self._memory[key]
         path = self.path(source, extractor, layer)
-        if path is not None and path.exists():
-            feats = np.load(path, mmap_mode="r")
-            self._memory[key] = feats
-            return feats
-        feats = self._extract(source, extractor, layer, device, batch_size, progress)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, feats)
-            os.replace(tmp, path)  # atomic: readers see the whole file or none
-            path.with_suffix(".json").write_text(json.dumps(
-                {"dataset": source.name, "revision": source.revision, "n": source.n, "layer": layer,
-                 "dtype": self.dtype, "extractor": extractor.cache_key()}, indent=1, default=str))
-            feats = np.load(path, mmap_mode="r")
+        feats = self._load(path) if path is not None else None
+        if feats is None and collective and distributed.active() and path is not None:
+            self._extract_sharded(path, source, extractor, layer, device, batch_size, progress)
+            feats = self._load(path)
+        if feats is None:
+            feats = self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress)
+            if path is not None:
+                self._save(path, feats)
+                self._describe(path, source, extractor, layer)
+                feats = np.load(path, mmap_mode="r")
         self._memory[key] = feats
         return feats
 
-    def _extract(self, source, extractor, layer, device, batch_size, progress) -> np.ndarray:
+    # -- disk layout: one .npy, or shards + manifest written by a torchrun job -----------------
+    @staticmethod
+    def _manifest(path: Path) -> Path:
+        return path.with_suffix(".manifest.json")
+
+    @staticmethod
+    def _shard_path(path: Path, rank: int, world_size: int) -> Path:
+        return path.with_name(f"{path.stem}.shard{rank}of{world_size}.npy")
+
+    def _load(self, path: Path) -> np.ndarray | None:
+        if path.exists():
+            return np.load(path, mmap_mode="r")
+        manifest = self._manifest(path)
+        if not manifest.exists():
+            return None
+        shards = json.loads(manifest.read_text())["shards"]
+        parts = [np.load(path.parent / s["file"], mmap_mode="r") for s in shards if s["stop"] > s["start"]]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _save(path: Path, feats: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)  # atomic: readers see the whole file or none
+
+    def _describe(self, path: Path, source, extractor, layer: str) -> None:
+        write_atomic(path.with_suffix(".json"), json.dumps(
+            {"dataset": source.name, "revision": source.revision, "n": source.n, "layer": layer,
+             "dtype": self.dtype, "extractor": extractor.cache_key()}, indent=1, default=str))
+
+    def _extract_sharded(self, path, source, extractor, layer, device, batch_size, progress) -> None:
+        ctx = distributed.context()
+        bounds = [distributed.shard_range(source.n, r, ctx.world_size, align=batch_size)
+                  for r in range(ctx.world_size)]
+        start, stop = bounds[ctx.rank]
+        mine = self._shard_path(path, ctx.rank, ctx.world_size)
+        if not mine.exists() and stop > start:
+            self._save(mine, self._extract(source, extractor, layer, np.arange(start, stop), device, batch_size,
+                                           progress and ctx.is_main))
+        distributed.barrier()
+        if ctx.is_main:
+            shards = [{"file": self._shard_path(path, r, ctx.world_size).name, "start": a, "stop": b}
+                      for r, (a, b) in enumerate(bounds)]
+            write_atomic(self._manifest(path), json.dumps({"n": source.n, "shards": shards}, indent=1))
+            self._describe(path, source, extractor, layer)
+        distributed.barrier()
+
+    def _extract(self, source, extractor, layer, indices: np.ndarray, device, batch_size, progress) -> np.ndarray:
         self.computed += 1
         chunks = []
-        indices = np.arange(source.n)
         for out in extractor.iter_layers(source, indices, [layer], device=device,
                                          batch_size=batch_size, progress=progress):
             chunks.append(pool(out[layer]).float().cpu().numpy())

@@ -8,6 +8,7 @@ A failing cell writes an ``error`` record and the grid goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import __version__, plugins, records
+from bench import __version__, distributed, plugins, records
 from bench.api import Comparator, DataView, Summariser
 from bench.datasets.base import DatasetSpec, ImageSource
 from bench.errors import BenchError, UnknownNameError
@@ -112,6 +113,8 @@ class Runner:
         self.regs = regs or plugins.load(strict=config.strict_plugins)
         self._validate_names()
         self.device = resolve_device(config.device)
+        self.ctx = distributed.init(self.device)   # a no-op unless started by torchrun
+        self.device = distributed.local_device(self.device)
         store_root = None if config.no_cache else (config.cache_dir or default_cache_dir())
         self.store = FeatureStore(store_root)
         self._probe_cache: dict[str, float] = {}
@@ -154,6 +157,8 @@ class Runner:
 
     # -- running --------------------------------------------------------------------------
     def run(self) -> list[CellResult]:
+        """Every cell of the grid (or of ``--shard``). Under torchrun every rank calls this: the
+        results (and records) are rank 0's; other ranks return an empty list."""
         factory = self.regs.extractors.get(self.cfg.extractor)
         extractor = factory(weights=self.cfg.weights, device=self.device)
         cells = [(d, m, s) for d in self.cfg.datasets for m in self.cfg.methods for s in self.cfg.seeds]
@@ -164,9 +169,22 @@ class Runner:
             spec = self.specs[dname]
             if dname not in sources:
                 sources[dname] = self._load_source(spec)
-            source = sources[dname]
-            results.append(self._run_cell(spec, source, extractor, method, seed))
+                if self.ctx.world_size > 1:
+                    self._extract_collectively(sources[dname], extractor, [m for d, m, _ in cells if d == dname])
+            result = self._run_cell(spec, sources[dname], extractor, method, seed)
+            if result is not None:
+                results.append(result)
         return results
+
+    def _extract_collectively(self, source: ImageSource, extractor, methods: list[str]) -> None:
+        """Under torchrun: every rank extracts its shard of the pooled features, before any method
+        (which may then run on rank 0 alone) asks for them."""
+        needs = any("features" in getattr(obj, "requires", ())
+                    for m in set(methods) for obj in self._roles(m, "paper").values())
+        if needs and self.store.root is not None:
+            self.store.features(source, extractor, layer="pooled", device=self.device,
+                                batch_size=self.cfg.batch_size, progress=self.cfg.progress and self.ctx.is_main,
+                                collective=True)
 
     def _load_source(self, spec: DatasetSpec) -> ImageSource:
         from bench.datasets import limit as limit_source
@@ -204,18 +222,30 @@ class Runner:
         rec.comparability_key = records.comparability_key(rec)
         return rec
 
-    def _run_cell(self, spec, source, extractor, method, seed) -> CellResult:
+    def _run_cell(self, spec, source, extractor, method, seed) -> CellResult | None:
         preset = self._preset(spec)
         roles = self._roles(method, preset)
+        # a collective summariser (``distributed = True``) fits on every rank; the rest of the cell
+        # (evaluation, comparators, other methods) runs on rank 0 alone
+        collective = "summariser" in roles and getattr(roles["summariser"], "distributed", False)
+        if not self.ctx.is_main and not collective:
+            return None   # rank 0 runs it; this rank goes on to the next collective step
         rec = self._base_record(spec, source, extractor, method, seed, roles, preset)
         path = records.record_path(self.cfg.out, rec)
-        if self.cfg.resume and path.exists():
+        finished = self._finished(path)
+        if collective:
+            finished = distributed.broadcast_object(finished)   # every rank skips it, or none does
+        if finished is not None:
+            return CellResult(finished, path, skipped=True) if self.ctx.is_main else None
+        if not self.ctx.is_main:   # a collective method: train along, rank 0 evaluates and records
+            view = self._view(source, extractor)
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
             try:
-                old = records.Record.model_validate_json(path.read_text())
-                if old.status == "ok":
-                    return CellResult(old, path, skipped=True)
-            except ValueError:
-                pass  # unreadable: recompute
+                roles["summariser"].fit(view, seed=seed)
+            except BenchError:
+                pass   # rank 0 meets the same error and records it
+            return None
         view = self._view(source, extractor, artefact_dir=path.with_suffix("").parent / f"{path.stem}.files")
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -226,31 +256,22 @@ class Runner:
             needs_features = any("features" in getattr(o, "requires", ()) for o in roles.values())
             if needs_features:
                 t0 = time.perf_counter()
-                view.features()
+                with distributed.solo():
+                    view.features()
                 rec.timings_s["features"] = time.perf_counter() - t0
             if "summariser" in roles:
                 est = roles["summariser"]
                 t0 = time.perf_counter()
-                est.fit(view, seed=seed)
+                with contextlib.nullcontext() if collective else distributed.solo():
+                    est.fit(view, seed=seed)
                 rec.timings_s["fit"] = time.perf_counter() - t0
-                summary = est.summary_
-                validate_summary(summary, len(view), method)
-                t0 = time.perf_counter()
-                metrics.update(evaluate_summary(summary, view, seed=seed,
-                                                backbone_probe=lambda: self._backbone_probe(view, seed)))
-                rec.timings_s["evaluate"] = time.perf_counter() - t0
-                rec.statistics.update({k: _float_or_none(v) for k, v in summary.statistics.items()})
-                tables = summary.artefacts.get("tables") or {}
-                rec.tables.update({k: _jsonable(v) for k, v in tables.items()})
-                artefacts = dict(summary.artefacts)
-                if summary.codes is not None:
-                    artefacts.setdefault("codes", np.asarray(summary.codes))
-                self._save_artefacts(path, artefacts)
+                with distributed.solo():
+                    metrics.update(self._evaluate_summary(est.summary_, view, method, seed, rec, path))
             if "comparator" in roles:
-                comp = roles["comparator"]
                 t0 = time.perf_counter()
-                cmetrics, detail = evaluate_comparator(comp, view, seed=seed, spec=spec,
-                                                       make_view=lambda s: self._view(s, extractor))
+                with distributed.solo():
+                    cmetrics, detail = evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
+                                                           make_view=lambda s: self._view(s, extractor))
                 rec.timings_s["compare"] = time.perf_counter() - t0
                 metrics.update(cmetrics)
                 if "ladder" in detail:
@@ -272,6 +293,32 @@ class Runner:
         saved = records.save(rec, self.cfg.out)
         self.regs.manager.hook.bench_record_written(record=rec, path=str(saved))
         return CellResult(rec, saved)
+
+    def _evaluate_summary(self, summary, view: DataView, method: str, seed: int, rec: records.Record,
+                          path: Path) -> dict[str, float]:
+        """Harness metrics of a fitted summariser; its statistics, tables and artefacts into the record."""
+        validate_summary(summary, len(view), method)
+        t0 = time.perf_counter()
+        metrics = evaluate_summary(summary, view, seed=seed, backbone_probe=lambda: self._backbone_probe(view, seed))
+        rec.timings_s["evaluate"] = time.perf_counter() - t0
+        rec.statistics.update({k: _float_or_none(v) for k, v in summary.statistics.items()})
+        tables = summary.artefacts.get("tables") or {}
+        rec.tables.update({k: _jsonable(v) for k, v in tables.items()})
+        artefacts = dict(summary.artefacts)
+        if summary.codes is not None:
+            artefacts.setdefault("codes", np.asarray(summary.codes))
+        self._save_artefacts(path, artefacts)
+        return metrics
+
+    def _finished(self, path: Path) -> records.Record | None:
+        """The record at ``path`` if ``--resume`` and it finished ok."""
+        if not (self.cfg.resume and path.exists()):
+            return None
+        try:
+            old = records.Record.model_validate_json(path.read_text())
+        except ValueError:
+            return None   # unreadable: recompute
+        return old if old.status == "ok" else None
 
     def _backbone_probe(self, view: DataView, seed: int) -> float:
         key = f"{view.source.revision}:{seed}"

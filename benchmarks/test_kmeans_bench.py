@@ -49,3 +49,19 @@ def test_report_ratio():
     gap = abs(RESULTS["faiss_inertia"] - RESULTS["sklearn_inertia"]) / RESULTS["sklearn_inertia"]
     print(f"\nfaiss k-means speed-up over sklearn: {speedup:.1f}x; inertia gap {gap:.4%}")
     assert speedup >= 10 and gap < 0.01
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.benchmark(group="kmeans-cuda")
+def test_torch_lloyd_cuda_qrp_scale(benchmark):
+    """QRP's scale on a GPU without faiss-gpu: 100,000 × 768, K = 1000, 100 Lloyd iterations."""
+    import torch
+
+    from bench.kmeans import lloyd
+
+    x = np.random.default_rng(0).standard_normal((100_000, 768), dtype=np.float32)
+    fit = benchmark.pedantic(lambda: lloyd(x, 1000, niter=100, seed=0, device="cuda"), rounds=1, iterations=1,
+                             warmup_rounds=0)
+    benchmark.extra_info.update(inertia=fit.inertia, device=torch.cuda.get_device_name())
+    print(f"\ntorch Lloyd on {torch.cuda.get_device_name()}: 100k x 768, K=1000, 100 iterations in "
+          f"{benchmark.stats.stats.min:.2f}s")

@@ -175,3 +175,47 @@ def test_zz_report():
             lines.append(f"{key}: {json.dumps({k: round(v, 3) for k, v in RESULTS[key].items()})}")
     print("\n".join(lines))
     assert lines
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunk", [None, 16384])
+def test_train_step_paper_size_cuda(benchmark, chunk):
+    """The paper's full step on GPU: batch 128, K 8192, ViT-S tokens, 2 + 8 crops, out 65536,
+    under bf16 autocast as the trainer runs it; time per step and peak CUDA memory."""
+    from bench_protosim.dino import DINOLoss, clip_gradients, ema_update, param_groups
+    from bench_protosim.layer import ProtoSimNet
+
+    dev, batch = torch.device("cuda"), 128
+    torch.manual_seed(0)
+    student = ProtoSimNet(dim=D, n_prototypes=K, norm=torch.nn.LayerNorm(D, eps=1e-6), out_dim=OUT).to(dev)
+    teacher = ProtoSimNet(dim=D, n_prototypes=K, norm=torch.nn.LayerNorm(D, eps=1e-6), out_dim=OUT).to(dev)
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False).eval()
+    opt = torch.optim.AdamW(param_groups(student), lr=5e-5)
+    loss_fn = DINOLoss(OUT, n_crops=2 + NL).to(dev)
+    tg, tl = torch.randn(2 * batch, TG, D, device=dev), torch.randn(NL * batch, TL, D, device=dev)
+
+    def step(hard: bool) -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad():
+                t_out = teacher(tg, hard=False, chunk_tokens=chunk)
+            s_out = torch.cat([student(tg, hard=hard, chunk_tokens=chunk), student(tl, hard=hard, chunk_tokens=chunk)])
+            loss = loss_fn(s_out, t_out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(student, 3.0)
+        opt.step()
+        ema_update(teacher, student, 0.996)
+        torch.cuda.synchronize()
+
+    step(False)
+    torch.cuda.reset_peak_memory_stats(dev)
+    benchmark.pedantic(step, args=(True,), rounds=3, iterations=1, warmup_rounds=1)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30
+    sizes = dict(n_prototypes=K, tokens_global=TG, tokens_local=TL, n_local_crops=NL, out_dim=OUT, dim=D,
+                 chunk_tokens=chunk)
+    benchmark.extra_info.update(peak_cuda_gb=peak, estimate_gb=step_memory_bytes(batch_size=batch, **sizes) / 2**30,
+                                device=torch.cuda.get_device_name(dev))
+    print(f"\nprotosim step on {torch.cuda.get_device_name(dev)}, batch {batch}, chunk {chunk}: "
+          f"{benchmark.stats.stats.mean * 1000:.0f} ms/step, peak {peak:.1f} GiB "
+          f"(estimate {benchmark.extra_info['estimate_gb']:.1f} GiB)")

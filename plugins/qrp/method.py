@@ -14,6 +14,7 @@ note, option (a)). Scores are fractions in [0, 1] (the paper prints percentages)
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +24,7 @@ from bench.api import ConceptGroup, DataView, Summariser, Summary, check_finite
 from bench.errors import BenchError, DataError
 
 from .probe import AVERAGE_METHOD, ProbeConfig, reverse_probe, stratified_split
-from .quantise import faiss_gpu_available, faiss_kmeans, resolve_k, standardise
+from .quantise import faiss_gpu_available, faiss_kmeans, resolve_k, standardise, torch_kmeans
 
 RUN_DEFINITION = (
     "one run = one clustering: faiss k-means on the standardised features (n_iter iterations, "
@@ -174,7 +175,10 @@ class QRP(Summariser):
         ends = np.cumsum([g.values.shape[1] for _, g in groups])
         prefixes = list(ends) if self.breakdown else [int(ends[-1])]
         z = standardise(feats)
-        gpu = device.type == "cuda" and faiss_gpu_available()
+        gpu = device.type == "cuda"
+        # faiss-gpu when installed; else the same protocol in torch on the GPU (bench.kmeans)
+        quantise = partial(faiss_kmeans, gpu=True) if gpu and faiss_gpu_available() else \
+            partial(torch_kmeans, device=str(device)) if gpu else partial(faiss_kmeans, gpu=False)
         cfg = self.probe_config()
 
         runs: list[dict[str, float]] = []
@@ -182,8 +186,8 @@ class QRP(Summariser):
         all_codes = np.empty((int(self.n_clusterings), n), dtype=np.int32)
         for run in range(int(self.n_clusterings)):
             km_seed, split_seed, probe_seed = _run_seeds(seed, run)
-            km = faiss_kmeans(z, k, seed=km_seed, n_iter=int(self.n_iter), n_redo=int(self.n_redo),
-                              max_points_per_centroid=self.max_points_per_centroid, gpu=gpu)
+            km = quantise(z, k, seed=km_seed, n_iter=int(self.n_iter), n_redo=int(self.n_redo),
+                          max_points_per_centroid=self.max_points_per_centroid)
             all_codes[run] = km.codes
             split = stratified_split(km.codes, seed=split_seed, test_fraction=float(self.test_fraction),
                                      val_fraction=float(self.val_fraction))

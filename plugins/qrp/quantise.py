@@ -108,3 +108,27 @@ def faiss_gpu_available() -> bool:
     except ImportError:  # pragma: no cover - faiss is a dependency
         return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+
+def torch_kmeans(x: np.ndarray, k: int, *, seed: int, n_iter: int = 100, n_redo: int = 5,
+                 max_points_per_centroid: int | None = 256, device: str = "cuda") -> KMeansResult:
+    """The same protocol on a CUDA device when faiss has no GPU build (the PyPI faiss-cpu):
+    train on a seeded subsample of ``max_points_per_centroid``·K points as faiss does, keep the
+    best of ``n_redo`` Lloyd runs (``bench.kmeans.lloyd``), then assign every point."""
+    import torch
+
+    from bench.kmeans import assign, lloyd
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    cap = n if max_points_per_centroid is None else min(n, max(1, int(max_points_per_centroid)) * int(k))
+    train = x if cap == n else x[np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))]
+    runs = [lloyd(train, int(k), niter=int(n_iter), seed=int(seed) + r, device=device) for r in range(int(n_redo))]
+    best = min(runs, key=lambda r: r.inertia)
+    if cap == n:
+        return KMeansResult(codes=best.codes, centroids=best.centroids, inertia=best.inertia, train_points=n,
+                            gpu=True)
+    codes, dist = assign(torch.as_tensor(x, device=device), torch.as_tensor(best.centroids, device=device))
+    return KMeansResult(codes=codes.cpu().numpy().astype(np.int64), centroids=best.centroids,
+                        inertia=float(dist.double().sum()), train_points=cap, gpu=True)

@@ -297,3 +297,19 @@ def test_registered_and_conformant():
     assert {"ground-truth", "clip-zeroshot"} <= set(regs.experts.names())
     for check in method_checks(QRP, view=make_tiny_view(), params=FASTEST):
         check()
+
+
+@pytest.mark.parametrize("cap", [None, 20])
+def test_torch_quantiser_matches_faiss_protocol(cap):
+    """The GPU fallback (torch Lloyd, faiss-style subsample) is no worse than faiss with the same
+    restarts (here it is better: faiss' random starts land in poorer local minima); run on CPU."""
+    from bench_qrp.quantise import faiss_kmeans, torch_kmeans
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 6)) * 6
+    x = (centres[rng.integers(0, 10, 1500)] + rng.normal(size=(1500, 6))).astype(np.float32)
+    ours = torch_kmeans(x, 10, seed=0, n_iter=20, n_redo=3, max_points_per_centroid=cap, device="cpu")
+    ref = faiss_kmeans(x, 10, seed=0, n_iter=20, n_redo=3, max_points_per_centroid=cap)
+    assert ours.train_points == ref.train_points == (1500 if cap is None else 200)
+    assert ours.codes.shape == (1500,) and ours.gpu
+    assert ours.inertia <= ref.inertia * 1.01

@@ -1,0 +1,152 @@
+"""Running under ``torchrun``: the process group, shard ranges and collectives the suite uses.
+
+``torchrun`` (``torch.distributed.run``) is the engine: it starts the processes and sets
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; :func:`init` joins the
+group it describes (gloo on CPU, NCCL on CUDA). Every helper here is a no-op in a single
+process, so code written against it runs unchanged without torchrun.
+
+Which work is collective: feature extraction (each rank writes its own shard of the feature
+store), ProtoSim training (DDP) and k-means (assignment local, centroid sums all-reduced).
+Every other method runs on rank 0 while the other ranks move on to the next collective step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+#: a method that is not collective runs on rank 0 alone while the others wait at the next
+#: collective; give it hours, not gloo's 30-minute default
+TIMEOUT = datetime.timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True when this process was started by torchrun (or an equivalent) with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+_local = threading.local()
+
+
+def _solo_depth() -> int:
+    return getattr(_local, "solo", 0)
+
+
+def active() -> bool:
+    """True inside a process group of more than one rank, outside :func:`solo`."""
+    return _solo_depth() == 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Run a block on this rank alone: every helper here behaves as in a single process, so
+    code that would otherwise enter a collective (and wait forever for the other ranks) does not."""
+    _local.solo = _solo_depth() + 1
+    try:
+        yield
+    finally:
+        _local.solo -= 1
+
+
+def context() -> Context:
+    if active():
+        return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if _solo_depth() and dist.is_available() and dist.is_initialized():
+        return Context(dist.get_rank(), 1, int(os.environ.get("LOCAL_RANK", "0")))
+    return Context()
+
+
+def init(device: torch.device) -> Context:
+    """Join the process group torchrun describes (idempotent); returns this rank's context.
+
+    On CUDA each rank takes ``cuda:LOCAL_RANK``; callers should use :func:`local_device`.
+    """
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        return context()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return context()
+
+
+def local_device(device: torch.device) -> torch.device:
+    """``cuda`` → ``cuda:LOCAL_RANK`` under torchrun; anything else unchanged."""
+    if device.type == "cuda" and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def shutdown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def shard_range(n: int, rank: int, world_size: int, *, align: int = 1) -> tuple[int, int]:
+    """Contiguous [start, stop) of ``n`` items for ``rank``; boundaries are multiples of ``align``
+    (the batch size), so every rank sees exactly the batches a single process would."""
+    blocks = -(-n // align)
+    start = min(n, (blocks * rank // world_size) * align)
+    stop = min(n, (blocks * (rank + 1) // world_size) * align)
+    return start, stop
+
+
+def comm_device() -> torch.device:
+    """Where the backend reduces: CUDA for NCCL, CPU for gloo."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, returned on ``t``'s device (``t`` itself alone). Moves the tensor to the
+    backend's device and back when they differ."""
+    if not active():
+        return t
+    moved = t.to(comm_device())
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    if moved.data_ptr() == t.data_ptr():
+        return t
+    return t.copy_(moved)
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` of rank ``src`` on every rank (no-op alone)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_rows(local: np.ndarray, start: int, n_total: int) -> np.ndarray:
+    """Every rank's rows ``[start, start + len(local))`` of a 1-D integer array, on every rank
+    (for per-image codes, never for features). Alone: ``local`` itself."""
+    if not active():
+        return local
+    full = torch.zeros(n_total, dtype=torch.int64)
+    full[start:start + len(local)] = torch.as_tensor(local, dtype=torch.int64)
+    return all_reduce_sum(full).numpy()
