@@ -8,6 +8,7 @@ FeatureStore keys features by it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -15,6 +16,19 @@ import numpy as np
 import torch
 
 from bench.errors import BenchError
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """Turn TF32 off for convolutions and matmuls: stored features are full float32 on every
+    GPU, so they match the CPU and do not change with the batch size (cuDNN picks TF32 conv
+    kernels by default on Ampere and later, which moves features by ~1e-3)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 class Extractor:
@@ -107,4 +121,6 @@ class Extractor:
             rows = indices[start:start + batch_size]
             images = np.stack([source.image(int(i)) for i in rows])
             batch = self.preprocess(images).to(self.device, non_blocking=True)
-            yield self.forward(batch, layers)
+            with full_fp32():
+                out = self.forward(batch, layers)
+            yield out

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bench_protosim.shard import Shard, uniform
 from torchvision.ops import roi_align
 
 _GRAY = (0.2989, 0.587, 0.114)
@@ -25,10 +26,11 @@ _GRAY = (0.2989, 0.587, 0.114)
 
 def random_resized_crop_boxes(sizes: torch.Tensor, scale: tuple[float, float],
                               ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                              attempts: int = 10) -> torch.Tensor:
+                              attempts: int = 10, shard: Shard | None = None) -> torch.Tensor:
     """torchvision ``RandomResizedCrop.get_params`` for every image at once.
 
     sizes: (B, 2) heights, widths. Returns (B, 4) boxes x1, y1, x2, y2 in pixel-edge coordinates.
+    ``shard``: the images are rows of a global batch; draws are made for all of it (shard.py).
     """
     device = sizes.device
     b = sizes.shape[0]
@@ -36,8 +38,9 @@ def random_resized_crop_boxes(sizes: torch.Tensor, scale: tuple[float, float],
     w_img = sizes[:, 1:2].double()
     area = h_img * w_img
     log_r = (math.log(ratio[0]), math.log(ratio[1]))
-    target = area * torch.empty(b, attempts, device=device, dtype=torch.float64).uniform_(*scale)
-    aspect = torch.exp(torch.empty(b, attempts, device=device, dtype=torch.float64).uniform_(*log_r))
+    f64 = {"device": device, "dtype": torch.float64}
+    target = area * uniform(shard, b, attempts, low=scale[0], high=scale[1], **f64)
+    aspect = torch.exp(uniform(shard, b, attempts, low=log_r[0], high=log_r[1], **f64))
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
     ok = (w > 0) & (w <= w_img) & (h > 0) & (h <= h_img)
@@ -52,7 +55,7 @@ def random_resized_crop_boxes(sizes: torch.Tensor, scale: tuple[float, float],
     found = ok.any(1)
     h_sel = torch.where(found, h_sel, fb_h)
     w_sel = torch.where(found, w_sel, fb_w)
-    u = torch.rand(b, 2, device=device, dtype=torch.float64)
+    u = uniform(shard, b, 2, **f64)
     top = torch.where(found, torch.floor(u[:, 0] * (hh - h_sel + 1)), torch.floor((hh - h_sel) / 2))
     left = torch.where(found, torch.floor(u[:, 1] * (ww - w_sel + 1)), torch.floor((ww - w_sel) / 2))
     return torch.stack([left, top, left + w_sel, top + h_sel], dim=1).float()
@@ -155,39 +158,39 @@ class MultiCrop:
     p_gray: float = 0.2
 
     def _view(self, x: torch.Tensor, sizes: torch.Tensor, size: int, scale: tuple[float, float],
-              p_blur: float, p_solarize: float) -> torch.Tensor:
+              p_blur: float, p_solarize: float, shard: Shard | None) -> torch.Tensor:
         b = x.shape[0]
         dev = x.device
-        out = crop_resize(x, random_resized_crop_boxes(sizes, scale), size)
-        flip = torch.rand(b, device=dev) < 0.5
+        out = crop_resize(x, random_resized_crop_boxes(sizes, scale, shard=shard), size)
+        flip = uniform(shard, b, device=dev) < 0.5
         out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
-        out = self._jitter(out)
-        gray = torch.rand(b, device=dev) < self.p_gray
+        out = self._jitter(out, shard)
+        gray = uniform(shard, b, device=dev) < self.p_gray
         out = torch.where(gray.view(-1, 1, 1, 1), grayscale(out).expand_as(out), out)
-        blur = torch.rand(b, device=dev) < p_blur
+        blur = uniform(shard, b, device=dev) < p_blur
         if p_blur > 0:
             s = self.global_size / 224.0
-            sigma = torch.empty(b, device=dev).uniform_(0.1 * s, 2.0 * s)
+            sigma = uniform(shard, b, low=0.1 * s, high=2.0 * s, device=dev)
             ksize = min(2 * math.ceil(3 * 2.0 * s) + 1, 2 * ((size - 1) // 2) + 1)
             out = torch.where(blur.view(-1, 1, 1, 1), gaussian_blur(out, sigma, ksize), out)
         if p_solarize > 0:
-            sol = torch.rand(b, device=dev) < p_solarize
+            sol = uniform(shard, b, device=dev) < p_solarize
             out = torch.where(sol.view(-1, 1, 1, 1) & (out >= 128 / 255), 1.0 - out, out)
         mean = torch.tensor(self.mean, device=dev, dtype=out.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=dev, dtype=out.dtype).view(1, 3, 1, 1)
         return (out - mean) / std
 
-    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
         """ColorJitter with p_jitter: brightness, contrast, saturation, hue in a random order per image."""
         b = x.shape[0]
         dev = x.device
         br, co, sa, hu = self.jitter
-        factors = torch.stack([torch.empty(b, device=dev).uniform_(1 - br, 1 + br),
-                               torch.empty(b, device=dev).uniform_(1 - co, 1 + co),
-                               torch.empty(b, device=dev).uniform_(1 - sa, 1 + sa),
-                               torch.empty(b, device=dev).uniform_(-hu, hu)], 1)
-        order = torch.rand(b, 4, device=dev).argsort(1)
-        apply = torch.rand(b, device=dev) < self.p_jitter
+        factors = torch.stack([uniform(shard, b, low=1 - br, high=1 + br, device=dev),
+                               uniform(shard, b, low=1 - co, high=1 + co, device=dev),
+                               uniform(shard, b, low=1 - sa, high=1 + sa, device=dev),
+                               uniform(shard, b, low=-hu, high=hu, device=dev)], 1)
+        order = uniform(shard, b, 4, device=dev).argsort(1)
+        apply = uniform(shard, b, device=dev) < self.p_jitter
         ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
         y = x.clone()
         for step in range(4):
@@ -196,14 +199,19 @@ class MultiCrop:
                 y[rows] = op(y[rows], factors[rows, j])
         return y
 
-    def __call__(self, images: torch.Tensor, sizes: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """uint8 (B, H, W, 3) (zero-padded; ``sizes`` (B, 2) true H, W) → [2 global, n_local local]."""
+    def __call__(self, images: torch.Tensor, sizes: torch.Tensor | None = None,
+                 shard: Shard | None = None) -> list[torch.Tensor]:
+        """uint8 (B, H, W, 3) (zero-padded; ``sizes`` (B, 2) true H, W) → [2 global, n_local local].
+
+        ``shard``: the images are this rank's rows of a global batch; each image gets the random
+        parameters it would get in the single-process run of that batch.
+        """
         x = images.permute(0, 3, 1, 2).float().div_(255.0)
         if sizes is None:
             sizes = torch.tensor([x.shape[-2], x.shape[-1]], device=x.device).expand(x.shape[0], 2)
         sizes = sizes.to(x.device)
-        crops = [self._view(x, sizes, self.global_size, self.global_scale, 1.0, 0.0),
-                 self._view(x, sizes, self.global_size, self.global_scale, 0.1, 0.2)]
-        crops += [self._view(x, sizes, self.local_size, self.local_scale, 0.5, 0.0)
+        crops = [self._view(x, sizes, self.global_size, self.global_scale, 1.0, 0.0, shard),
+                 self._view(x, sizes, self.global_size, self.global_scale, 0.1, 0.2, shard)]
+        crops += [self._view(x, sizes, self.local_size, self.local_scale, 0.5, 0.0, shard)
                   for _ in range(self.n_local)]
         return crops

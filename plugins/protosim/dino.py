@@ -11,18 +11,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.distributed import all_reduce_sum, context
+
 
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher and the student over view pairs.
 
     The teacher sees the 2 global crops, the student every crop; each (teacher view q,
     student view v ≠ q) pair is one term, and the loss is the mean over terms of the batch
-    mean of -Σ q·log softmax(s/τ_s). The centre is an EMA of the teacher's batch mean.
+    mean of -Σ q·log softmax(s/τ_s). The centre is an EMA of the teacher's batch mean; with
+    ``distributed`` (every rank of the process group calls the loss on its share of the batch)
+    that mean is over the global batch, so all ranks keep one centre.
     """
 
     def __init__(self, out_dim: int, *, n_crops: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9):
+                 center_momentum: float = 0.9, distributed: bool = False):
         super().__init__()
+        self.distributed = distributed
         self.n_crops = n_crops
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
@@ -47,8 +52,13 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
-        """center ← m·center + (1 - m)·mean(teacher outputs); DDP would all-reduce the sum."""
-        batch_center = teacher_output.float().sum(dim=0, keepdim=True) / len(teacher_output)
+        """center ← m·center + (1 - m)·mean(teacher outputs), the sum all-reduced under DDP (as DINO)."""
+        total = teacher_output.float().sum(dim=0, keepdim=True)
+        count = len(teacher_output)
+        if self.distributed:
+            all_reduce_sum(total)
+            count *= context().world_size
+        batch_center = total / count
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 

@@ -14,6 +14,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from bench_protosim.shard import Shard, draw
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -21,8 +22,12 @@ from torch.utils.checkpoint import checkpoint
 def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise -log(-log U), U ~ U[0, 1): the distribution of torch's
     ``-log(Exponential(1))`` draw, about 3× cheaper on CPU than ``exponential_``."""
-    u = torch.empty_like(like, memory_format=torch.legacy_contiguous_format).uniform_()
-    return u.log_().neg_().log_().neg_()
+    return gumbel_fill_(torch.empty_like(like, memory_format=torch.legacy_contiguous_format))
+
+
+def gumbel_fill_(u: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``u`` with standard Gumbel noise (the draw of :func:`gumbel_noise`)."""
+    return u.uniform_().log_().neg_().log_().neg_()
 
 
 def gumbel_softmax(logits: torch.Tensor, *, tau: float = 1.0, hard: bool = False, gumbel: bool = True,
@@ -63,28 +68,49 @@ class ProtoSimLayer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             return z.float() @ self.prototypes.float().t()
 
-    def _quantise(self, flat: torch.Tensor, hard: bool, gumbel: bool, tau: float) -> torch.Tensor:
+    def _quantise(self, flat: torch.Tensor, hard: bool, gumbel: bool, tau: float,
+                  keep: torch.Tensor | None = None, n_drawn: int = 0) -> torch.Tensor:
+        """``keep``: the Gumbel noise is drawn for ``n_drawn`` tokens of the global batch, of which
+        rows ``keep`` are ``flat``'s (without it, for ``flat`` itself)."""
         with torch.autocast(device_type=flat.device.type, enabled=False):
-            a = gumbel_softmax(self.logits(flat), tau=tau, hard=hard, gumbel=gumbel, dim=-1)
+            logits = self.logits(flat)
+            noise = None
+            if gumbel and keep is not None:
+                noise = gumbel_fill_(logits.new_empty(n_drawn, logits.shape[-1]))[keep]
+            a = gumbel_softmax(logits, tau=tau, hard=hard, gumbel=gumbel, dim=-1, noise=noise)
             return a @ self.prototypes.float()
 
     def forward(self, z: torch.Tensor, *, hard: bool = False, gumbel: bool = True, tau: float = 1.0,
-                chunk_tokens: int | None = None) -> torch.Tensor:
+                chunk_tokens: int | None = None, shard: Shard | None = None) -> torch.Tensor:
         """(B, T, D) → (B, T, D) prototype embeddings ẑ = aᵀP.
 
         ``chunk_tokens`` bounds memory: the (tokens, K) logits/noise/softmax are built one chunk
         at a time and, when gradients are needed, recomputed in backward (activation
         checkpointing, same RNG state, so the same Gumbel noise) instead of stored.
+        ``shard``: z is this rank's rows of a crop-major global batch; the Gumbel noise is drawn
+        chunk by chunk of the global batch's tokens, as the single process draws it, and each
+        chunk keeps this rank's tokens (shard.py).
         """
         shape = z.shape
         flat = z.reshape(-1, shape[-1])
-        if chunk_tokens is None or flat.shape[0] <= chunk_tokens:
-            out = self._quantise(flat, hard, gumbel, tau)
-        elif torch.is_grad_enabled():
-            out = torch.cat([checkpoint(self._quantise, c, hard, gumbel, tau, use_reentrant=False)
-                             for c in flat.split(chunk_tokens)])
-        else:
-            out = torch.cat([self._quantise(c, hard, gumbel, tau) for c in flat.split(chunk_tokens)])
+        n = flat.shape[0]
+        pos = None
+        if shard is not None and gumbel:
+            n = shard.global_items(shape[0], shape[1])
+            pos = shard.positions(shape[0], shape[1])                   # on the CPU: no sync per chunk
+        step = n if chunk_tokens is None else chunk_tokens
+        run = (partial(checkpoint, self._quantise, use_reentrant=False)
+               if step < n and torch.is_grad_enabled() else self._quantise)
+        parts = []
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            if pos is None:
+                parts.append(run(flat[start:stop], hard, gumbel, tau))
+            else:
+                i, j = torch.searchsorted(pos, torch.tensor([start, stop])).tolist()
+                keep = (pos[i:j] - start).to(z.device)
+                parts.append(run(flat[i:j], hard, gumbel, tau, keep, stop - start))
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.reshape(shape)
 
     @torch.no_grad()
@@ -180,14 +206,39 @@ class ProtoSimNet(nn.Module):
                              bottleneck_dim=head_bottleneck_dim, norm_last_layer=norm_last_layer)
 
     def features(self, tokens: torch.Tensor, *, hard: bool = False, gumbel: bool = True, tau: float = 1.0,
-                 chunk_tokens: int | None = None) -> torch.Tensor:
-        """The representation of the paper's linear probe: the D-dim CLS after block + norm."""
-        z = self.protosim(tokens, hard=hard, gumbel=gumbel, tau=tau, chunk_tokens=chunk_tokens)
-        z = self.norm(self.block(z))
+                 chunk_tokens: int | None = None, shard: Shard | None = None) -> torch.Tensor:
+        """The representation of the paper's linear probe: the D-dim CLS after block + norm.
+
+        ``shard``: tokens are this rank's rows of a global batch (see :class:`ProtoSimLayer`).
+        """
+        z = self.protosim(tokens, hard=hard, gumbel=gumbel, tau=tau, chunk_tokens=chunk_tokens, shard=shard)
+        z = self.norm(self._block(z, shard))
         return z[:, 0]
 
-    def forward(self, tokens: torch.Tensor, **kw) -> torch.Tensor:
-        return self.head(self.features(tokens, **kw))
+    def _block(self, x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+        """timm's ``Block.forward``, with the per-sample drop-path masks drawn for the global batch."""
+        b = self.block
+        x = x + self._drop_path(b.drop_path1, b.ls1(b.attn(b.norm1(x))), shard)
+        return x + self._drop_path(b.drop_path2, b.ls2(b.mlp(b.norm2(x))), shard)
+
+    def _drop_path(self, module: nn.Module, x: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+        """timm's ``drop_path`` (scale by keep); ``module`` is the block's DropPath or Identity."""
+        p = getattr(module, "drop_prob", 0.0)
+        if p == 0.0 or not self.training:
+            return x
+        keep = 1 - p
+        mask = draw(shard, x.shape[0], lambda m: x.new_empty((m,) + (1,) * (x.ndim - 1)).bernoulli_(keep))
+        if keep > 0.0:
+            mask = mask / keep
+        return x * mask
+
+    def forward(self, tokens: torch.Tensor | list[torch.Tensor], **kw) -> torch.Tensor:
+        """Head outputs; for a list of token batches (crops of different sizes), their outputs
+        concatenated, from one call: DDP syncs the gradients of one forward per backward (the
+        reason for DINO's ``MultiCropWrapper``)."""
+        if isinstance(tokens, torch.Tensor):
+            return self.head(self.features(tokens, **kw))
+        return torch.cat([self.head(self.features(t, **kw)) for t in tokens])
 
     def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -34,6 +34,7 @@ from bench_protosim.data import Backbone, ImageTable
 from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer, TrainResult
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary
+from bench.distributed import local_device, solo
 from bench.errors import BenchError
 
 #: a CPU preset: ~1,200 images of 64×64 through tiny-vit in well under a minute
@@ -196,11 +197,15 @@ class _ProtoSimBase:
             need(ok and 0 < v[0] <= v[1] <= 1, f"{p} must be (lo, hi) with 0 < lo <= hi <= 1, got {v!r}")
 
     # ------------------------------------------------------------------ the shared pipeline
-    def _run(self, table: ImageTable, view: DataView, seed: int) -> dict[str, Any]:
-        """Train (or resume) on ``table``, then count prototype use per group."""
+    def _run(self, table: ImageTable, view: DataView, seed: int) -> dict[str, Any] | None:
+        """Train (or resume) on ``table``, then count prototype use per group.
+
+        Under torchrun (an active process group) every rank trains (DDP) and rank 0 alone
+        analyses; the other ranks get None.
+        """
         self._validate()
-        device = torch.device(view.device if str(view.device) != "auto" else
-                              ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = local_device(torch.device(view.device if str(view.device) != "auto" else
+                                           ("cuda" if torch.cuda.is_available() else "cpu")))
         backbone = Backbone(view.extractor, device)
         ckpt = Path(self.checkpoint_dir or tempfile.mkdtemp(prefix="protosim-"))
         cfg = TrainConfig.from_params(self.get_params())
@@ -213,6 +218,10 @@ class _ProtoSimBase:
             if not self.checkpoint_dir:
                 shutil.rmtree(ckpt, ignore_errors=True)
             raise
+        if not trainer.ctx.is_main:
+            if not self.checkpoint_dir:
+                shutil.rmtree(ckpt, ignore_errors=True)
+            return None
         if not self.checkpoint_dir:  # a temp dir nobody can resume from: keep the figures, not the weights
             (ckpt / CHECKPOINT).unlink(missing_ok=True)
         stats_net = result.student if self.stats_weights == "student" else result.teacher
@@ -241,10 +250,15 @@ class ProtoSim(_ProtoSimBase, Summariser):
 
     name: ClassVar[str] = "protosim"
     version: ClassVar[str] = "1"
+    #: under torchrun the runner calls fit on every rank: all train (DDP), rank 0 reports
+    distributed: ClassVar[bool] = True
 
     def fit(self, data: DataView, *, seed: int = 0) -> ProtoSim:
         table = ImageTable.from_view(data)
         run = self._run(table, data, seed)
+        if run is None:  # a rank > 0: its share of the training is done; rank 0 holds the summary
+            self.summary_ = None
+            return self
         self._fitted = {"table": table, "backbone": run["backbone"], "stats_net": run["stats_net"],
                         "instance_counts": run["assigned"].instance_counts}
         self.train_result_: TrainResult = run["result"]
@@ -406,7 +420,8 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
         if len(a) == 0 or len(b) == 0:
             raise BenchError("protosim: cannot compare an empty dataset")
         table = ImageTable.from_pair(a, b)
-        run = self._run(table, a, seed)
+        with solo():  # the calling rank alone, as the runner calls it: only rank 0 returns a Comparison
+            run = self._run(table, a, seed)
         if run["temporary"]:
             shutil.rmtree(run["checkpoint_dir"], ignore_errors=True)
         types = run["types"]

@@ -4,6 +4,14 @@ Randomness: every epoch runs under ``torch.manual_seed(f(seed, epoch))`` inside
 ``torch.random.fork_rng`` (the caller's RNG is untouched), so an epoch depends only on the
 state saved at the end of the previous one, and a run resumed from a checkpoint continues
 exactly as the uninterrupted run would have.
+
+Under ``torchrun`` (an active process group) every rank trains: the student is wrapped in
+DistributedDataParallel, each rank takes its contiguous share of every global batch (all ranks
+draw the same permutation), per-sample randomness is drawn for the global batch and sliced
+(shard.py), the DINO centre and the logged loss are global means, the teacher EMA runs on
+every rank from the synced student, and rank 0 alone writes the checkpoint that every rank
+resumes from. Two processes thus reproduce the single-process run of the same global batch up
+to float reduction order.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from bench_protosim.dino import (
     param_groups,
 )
 from bench_protosim.layer import ProtoSimNet, step_memory_bytes
+from bench_protosim.shard import Shard
+from torch.nn.parallel import DistributedDataParallel
 
+from bench import distributed
 from bench.errors import BenchError
 
 CHECKPOINT = "checkpoint.pt"
@@ -168,6 +179,8 @@ class Trainer:
                  checkpoint_dir: str | Path, resume: bool = True, progress: bool = False,
                  num_workers: int = 0, memory_limit_gb: float | None = None,
                  on_step: Callable[[int, int, float], None] | None = None):
+        """With an active process group (outside ``bench.distributed.solo()``) every rank of it
+        must run this: they train together."""
         self.cfg = cfg
         self.backbone = backbone
         self.table = table
@@ -182,6 +195,15 @@ class Trainer:
         self.batch = min(cfg.batch_size, table.n)
         self.steps = max(table.n // self.batch, 1)  # drop_last, as DINO
         self.amp = cfg.amp and self.device.type == "cuda"
+        self.ddp = distributed.active()
+        self.ctx = distributed.context() if self.ddp else distributed.Context()
+        self.shard: Shard | None = None
+        if self.ddp:
+            if self.batch % self.ctx.world_size:
+                raise BenchError(f"protosim: the global batch ({self.batch} = min(batch_size, images)) must be "
+                                 f"divisible by the {self.ctx.world_size} ranks; change batch_size")
+            self.shard = Shard(*distributed.shard_range(self.batch, self.ctx.rank, self.ctx.world_size),
+                               self.batch)
 
     def fingerprint(self) -> str:
         blob = {"config": asdict(self.cfg), "seed": self.seed, "data": self.table.fingerprint(),
@@ -217,6 +239,8 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.cfg
         t0 = time.perf_counter()
+        # the global batch also under DDP: a rank's smaller share plus the global batch's transient
+        # Gumbel noise (shard.py) stays below it
         check_memory(cfg, self.backbone, self.batch, self.device, self.memory_limit_gb)
         fork_devices = []
         if self.device.type == "cuda":
@@ -227,7 +251,8 @@ class Trainer:
             student, teacher = self._build()
             optimizer = torch.optim.AdamW(param_groups(student), lr=cfg.lr, weight_decay=cfg.weight_decay)
             loss_fn = DINOLoss(cfg.out_dim, n_crops=2 + cfg.n_local_crops, student_temp=cfg.student_temp,
-                               teacher_temp=cfg.teacher_temp, center_momentum=cfg.center_momentum)
+                               teacher_temp=cfg.teacher_temp, center_momentum=cfg.center_momentum,
+                               distributed=self.ddp)
             loss_fn.to(self.device)
             history: list[dict] = [{"epoch": -1, "loss": None, "diversity": student.protosim.diversity(),
                                     "hard": False}]
@@ -236,6 +261,10 @@ class Trainer:
             if resumed is not None:
                 history = resumed["history"]
                 start = resumed["epoch"] + 1
+            if self.ddp and distributed.broadcast_object(start) != start:
+                raise BenchError(f"protosim: rank {self.ctx.rank} found another checkpoint in {self.checkpoint_dir} "
+                                 "than rank 0; under torchrun checkpoint_dir must be on a filesystem all ranks share")
+            net = self._wrap(student)
             schedules = (lr_schedule(cfg, self.batch, self.steps),
                          cosine_scheduler(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, self.steps),
                          cosine_scheduler(cfg.momentum_teacher, 1.0, cfg.epochs, self.steps))
@@ -243,43 +272,59 @@ class Trainer:
                                 n_local=cfg.n_local_crops, global_scale=cfg.global_crop_scale,
                                 local_scale=cfg.local_crop_scale, mean=self.backbone.mean,
                                 std=self.backbone.std)
-            with _Bar(self.progress, cfg.epochs * self.steps, start * self.steps) as bar:
+            with _Bar(self.progress and self.ctx.is_main, cfg.epochs * self.steps, start * self.steps) as bar:
                 for epoch in range(start, cfg.epochs):
                     torch.manual_seed(_epoch_seed(self.seed, epoch))
-                    row = self._epoch(epoch, student, teacher, optimizer, loss_fn, augment, schedules, bar)
+                    row = self._epoch(epoch, net, student, teacher, optimizer, loss_fn, augment, schedules, bar)
                     history.append(row)
                     self._save(epoch, student, teacher, optimizer, loss_fn, history)
         return TrainResult(student.eval(), teacher.eval(), history,
                            resumed_from_epoch=-1 if resumed is None else resumed["epoch"],
                            seconds=time.perf_counter() - t0)
 
-    def _epoch(self, epoch, student, teacher, optimizer, loss_fn, augment, schedules, bar) -> dict:
+    def _wrap(self, student: ProtoSimNet) -> torch.nn.Module:
+        """The student as trained: under DDP its gradients (prototypes, block, head) are averaged
+        over the ranks, which is the single-process gradient as each rank's loss is the mean
+        over an equal share of the batch. Clipping, the last-layer freeze, the optimizer and the
+        EMA act on the unwrapped student: the same parameters, identical on every rank."""
+        if not self.ddp:
+            return student
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            return DistributedDataParallel(student, device_ids=[index])
+        return DistributedDataParallel(student)
+
+    def _epoch(self, epoch, net, student, teacher, optimizer, loss_fn, augment, schedules, bar) -> dict:
+        """One epoch; ``net`` is the student as called (DDP-wrapped under torchrun), ``student`` the module."""
         cfg = self.cfg
         lrs, wds, moms = schedules
         hard = epoch >= cfg.hard_epoch
         rows = self._epoch_rows(epoch)
+        if self.shard is not None:
+            rows = rows[:, self.shard.lo:self.shard.hi]
         loader = batch_loader(self.table, [r.numpy() for r in rows], num_workers=self.num_workers,
                               pin_memory=self.device.type == "cuda")
         losses = []
-        student.train()
+        net.train()
         for it, (images, sizes) in enumerate(loader):
             step = epoch * self.steps + it
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = lrs[step]
                 if i == 0:
                     group["weight_decay"] = wds[step]
-            crops = augment(images.to(self.device, non_blocking=True), sizes)
+            crops = augment(images.to(self.device, non_blocking=True), sizes, shard=self.shard)
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                tok_g = self.backbone.tokens(torch.cat(crops[:2]))
-                tok_l = self.backbone.tokens(torch.cat(crops[2:])) if cfg.n_local_crops else None
-                kw = {"gumbel": True, "tau": cfg.tau, "chunk_tokens": cfg.chunk_tokens}
+                tokens = [self.backbone.tokens(torch.cat(crops[:2]))]
+                if cfg.n_local_crops:
+                    tokens.append(self.backbone.tokens(torch.cat(crops[2:])))
+                kw = {"gumbel": True, "tau": cfg.tau, "chunk_tokens": cfg.chunk_tokens, "shard": self.shard}
                 with torch.no_grad():
-                    t_out = teacher(tok_g, hard=False, **kw)          # the teacher stays soft Gumbel
-                s_out = [student(tok_g, hard=hard, **kw)]
-                if tok_l is not None:
-                    s_out.append(student(tok_l, hard=hard, **kw))
-                loss = loss_fn(torch.cat(s_out), t_out)
-            value = float(loss.detach())
+                    t_out = teacher(tokens[0], hard=False, **kw)      # the teacher stays soft Gumbel
+                loss = loss_fn(net(tokens, hard=hard, **kw), t_out)
+            if self.ddp:  # the global batch's loss: logged, and every rank stops together on a bad one
+                value = float(distributed.all_reduce_sum(loss.detach().double())) / self.ctx.world_size
+            else:
+                value = float(loss.detach())
             if not math.isfinite(value):
                 raise BenchError(f"protosim: the loss became {value} at epoch {epoch}, step {it}; "
                                  "lower lr or disable amp")
@@ -300,6 +345,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, epoch, student, teacher, optimizer, loss_fn, history) -> None:
+        """Rank 0 writes (the state is the same on every rank); the barrier makes the file
+        complete before any rank goes on."""
+        if self.ctx.is_main:
+            self._write(epoch, student, teacher, optimizer, loss_fn, history)
+        if self.ddp:
+            distributed.barrier()
+
+    def _write(self, epoch, student, teacher, optimizer, loss_fn, history) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint(), "epoch": epoch,
                  "student": student.state_dict(), "teacher": teacher.state_dict(),
