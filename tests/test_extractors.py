@@ -25,6 +25,7 @@ from bench.api import DataView
 from bench.datasets.base import ImageSource, content_revision
 from bench.errors import BenchError
 from bench.extractors import builtin
+from bench.extractors.base import full_fp32
 from bench.extractors.common import state_dict_sha256
 from bench.extractors.hf_models import HFExtractor
 from bench.extractors.openclip_models import OpenClipExtractor
@@ -242,7 +243,8 @@ def test_feature_store_and_activations_through_the_harness(tiny, device):
     feats = store.features(src, tiny, device=device, batch_size=4)
     assert feats.shape == (10, 16 * 192) and feats.dtype == np.float32 and np.isfinite(feats).all()
     tiny.to(device)
-    direct = tiny.forward(tiny.preprocess(images))["pooled"].cpu().numpy()
+    with full_fp32():   # as the harness extracts: no TF32 on GPU
+        direct = tiny.forward(tiny.preprocess(images))["pooled"].cpu().numpy()
     np.testing.assert_allclose(feats, direct, rtol=1e-5, atol=1e-5)  # batching does not change features
     view = DataView(src, tiny, store, device=device, batch_size=4)
     layers = ["block0", "norm", "tokens"]
