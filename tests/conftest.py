@@ -18,3 +18,13 @@ faiss.omp_set_num_threads(_threads)
 def _private_cache(tmp_path_factory):
     os.environ["BENCH_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add contention on the shared CI machine
+    (use with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

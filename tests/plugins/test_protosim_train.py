@@ -63,13 +63,7 @@ SMALL = dict(n_prototypes=64, epochs=3, hard_epoch=2, batch_size=16, lr=5e-4, ou
              n_figure_prototypes=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
