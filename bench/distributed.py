@@ -6,8 +6,9 @@ group it describes (gloo on CPU, NCCL on CUDA). Every helper here is a no-op in 
 process, so code written against it runs unchanged without torchrun.
 
 Which work is collective: feature extraction (each rank writes its own shard of the feature
-store), ProtoSim training (DDP) and k-means (assignment local, centroid sums all-reduced).
-Every other method runs on rank 0 while the other ranks move on to the next collective step.
+store) and the roles of methods with ``distributed = True`` — ProtoSim (DDP training) and
+k-means (assignment local, centroid sums all-reduced). Everything else runs on rank 0 inside
+:func:`solo` while the other ranks move on to the next collective step.
 """
 
 from __future__ import annotations

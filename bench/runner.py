@@ -225,9 +225,9 @@ class Runner:
     def _run_cell(self, spec, source, extractor, method, seed) -> CellResult | None:
         preset = self._preset(spec)
         roles = self._roles(method, preset)
-        # a collective summariser (``distributed = True``) fits on every rank; the rest of the cell
-        # (evaluation, comparators, other methods) runs on rank 0 alone
-        collective = "summariser" in roles and getattr(roles["summariser"], "distributed", False)
+        # a role with ``distributed = True`` runs on every rank (fit / every compare call of the
+        # evaluation, in the same order); the rest of the cell runs on rank 0 alone
+        collective = {role for role, obj in roles.items() if getattr(obj, "distributed", False)}
         if not self.ctx.is_main and not collective:
             return None   # rank 0 runs it; this rank goes on to the next collective step
         rec = self._base_record(spec, source, extractor, method, seed, roles, preset)
@@ -237,14 +237,8 @@ class Runner:
             finished = distributed.broadcast_object(finished)   # every rank skips it, or none does
         if finished is not None:
             return CellResult(finished, path, skipped=True) if self.ctx.is_main else None
-        if not self.ctx.is_main:   # a collective method: train along, rank 0 evaluates and records
-            view = self._view(source, extractor)
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                roles["summariser"].fit(view, seed=seed)
-            except BenchError:
-                pass   # rank 0 meets the same error and records it
+        if not self.ctx.is_main:   # train along; rank 0 evaluates and records
+            self._follow(roles, collective, spec, source, extractor, seed)
             return None
         view = self._view(source, extractor, artefact_dir=path.with_suffix("").parent / f"{path.stem}.files")
         torch.manual_seed(seed)
@@ -262,14 +256,14 @@ class Runner:
             if "summariser" in roles:
                 est = roles["summariser"]
                 t0 = time.perf_counter()
-                with contextlib.nullcontext() if collective else distributed.solo():
+                with contextlib.nullcontext() if "summariser" in collective else distributed.solo():
                     est.fit(view, seed=seed)
                 rec.timings_s["fit"] = time.perf_counter() - t0
                 with distributed.solo():
                     metrics.update(self._evaluate_summary(est.summary_, view, method, seed, rec, path))
             if "comparator" in roles:
                 t0 = time.perf_counter()
-                with distributed.solo():
+                with contextlib.nullcontext() if "comparator" in collective else distributed.solo():
                     cmetrics, detail = evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
                                                            make_view=lambda s: self._view(s, extractor))
                 rec.timings_s["compare"] = time.perf_counter() - t0
@@ -293,6 +287,20 @@ class Runner:
         saved = records.save(rec, self.cfg.out)
         self.regs.manager.hook.bench_record_written(record=rec, path=str(saved))
         return CellResult(rec, saved)
+
+    def _follow(self, roles, collective: set[str], spec, source, extractor, seed: int) -> None:
+        """A rank > 0's part of a cell: the collective roles' calls, in rank 0's order."""
+        view = self._view(source, extractor)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            if "summariser" in collective:
+                roles["summariser"].fit(view, seed=seed)
+            if "comparator" in collective:
+                evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
+                                    make_view=lambda s: self._view(s, extractor))
+        except BenchError:
+            pass   # rank 0 meets the same error and records it
 
     def _evaluate_summary(self, summary, view: DataView, method: str, seed: int, rec: records.Record,
                           path: Path) -> dict[str, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,11 +87,13 @@ def test_lloyd_starts_from_the_seeded_rows(blobs):
     np.testing.assert_array_equal(full.centroids, blobs[initial_indices(len(blobs), 12, 1)])
 
 
-def _bench(args: list[str], cwd: Path, nproc: int | None = None) -> subprocess.CompletedProcess:
+def _bench(args: list[str], cwd: Path, nproc: int | None = None, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "bench", "run", *args, "--no-progress"]
     if nproc:
         cmd += ["--launcher", "torchrun", "--nproc-per-node", str(nproc)]
-    return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 def _arrays(records_dir: Path, method: str) -> dict[str, np.ndarray]:
@@ -129,3 +132,20 @@ def test_torchrun_run_matches_one_process_and_resumes_a_lost_shard(tmp_path):
     assert again.returncode == 0, again.stderr
     assert shard0.stat().st_mtime_ns == before and shard1.exists() and manifest.exists()
     np.testing.assert_array_equal(_arrays(tmp_path / "r3", "kmeans")["codes"], a["codes"])
+
+
+@needs_gloo
+def test_torchrun_protosim_trains_both_roles_with_ddp_and_matches_one_process(tmp_path):
+    """The headline method under torchrun: its summariser and every comparator training of the
+    evaluation run on both ranks (DDP); rank 0's record matches the one-process record."""
+    args = ["--methods", "protosim", "--datasets", "synth-passnet", "--limit", "160", "--cache-dir", "c"]
+    one = _bench([*args, "--out", "r1"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = _bench([*args, "--out", "r2"], tmp_path, nproc=2, env={"BENCH_LOG": "INFO"})
+    assert two.returncode == 0, two.stderr + two.stdout
+    for rank in (0, 1):   # the summariser, then the comparator's null and between pairs
+        assert two.stderr.count(f"rank {rank} of 2 trains rows") == 3, two.stderr
+    rec = {d: json.loads(next((tmp_path / d).glob("*/*/protosim@*/*/seed0.json")).read_text()) for d in ("r1", "r2")}
+    assert rec["r2"]["status"] == "ok" and set(rec["r1"]["metrics"]) == set(rec["r2"]["metrics"])
+    for name, metric in rec["r1"]["metrics"].items():
+        assert rec["r2"]["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-3, abs=1e-3), name

@@ -34,7 +34,7 @@ from bench_protosim.data import Backbone, ImageTable
 from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer, TrainResult
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary
-from bench.distributed import local_device, solo
+from bench.distributed import local_device
 from bench.errors import BenchError
 
 #: a CPU preset: ~1,200 images of 64×64 through tiny-vit in well under a minute
@@ -415,13 +415,16 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
     name: ClassVar[str] = "protosim"
     version: ClassVar[str] = "1"
     larger_is_more_different: ClassVar[bool] = True
+    #: under torchrun the runner calls compare on every rank: all train (DDP), rank 0 scores
+    distributed: ClassVar[bool] = True
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
         if len(a) == 0 or len(b) == 0:
             raise BenchError("protosim: cannot compare an empty dataset")
         table = ImageTable.from_pair(a, b)
-        with solo():  # the calling rank alone, as the runner calls it: only rank 0 returns a Comparison
-            run = self._run(table, a, seed)
+        run = self._run(table, a, seed)
+        if run is None:  # a rank > 0: its share of the training is done; rank 0 holds the score
+            return Comparison(score=float("nan"))
         if run["temporary"]:
             shutil.rmtree(run["checkpoint_dir"], ignore_errors=True)
         types = run["types"]

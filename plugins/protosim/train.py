@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -44,6 +45,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from bench import distributed
 from bench.errors import BenchError
+
+log = logging.getLogger("bench.protosim")
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
@@ -204,6 +207,8 @@ class Trainer:
                                  f"divisible by the {self.ctx.world_size} ranks; change batch_size")
             self.shard = Shard(*distributed.shard_range(self.batch, self.ctx.rank, self.ctx.world_size),
                                self.batch)
+            log.info("protosim: rank %d of %d trains rows %d:%d of every global batch of %d (DDP)",
+                     self.ctx.rank, self.ctx.world_size, self.shard.lo, self.shard.hi, self.batch)
 
     def fingerprint(self) -> str:
         blob = {"config": asdict(self.cfg), "seed": self.seed, "data": self.table.fingerprint(),
