@@ -170,6 +170,9 @@ class _Method:
     version: ClassVar[str] = "0"
     #: which inputs the method reads: "features", "activations", "images"
     requires: ClassVar[frozenset[str]] = frozenset({"features"})
+    #: True: under torchrun the runner calls ``fit``/``compare`` on every rank (the method uses
+    #: ``bench.distributed`` collectives; ranks > 0 may set ``summary_ = None``); False: rank 0 alone
+    distributed: ClassVar[bool] = False
 
     @classmethod
     def _param_names(cls) -> list[str]:
