@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from bench.errors import BenchError
+
 #: a method that is not collective runs on rank 0 alone while the others wait at the next
 #: collective; give it hours, not gloo's 30-minute default
 TIMEOUT = datetime.timedelta(hours=12)
@@ -84,6 +86,11 @@ def init(device: torch.device) -> Context:
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return context()
     if device.type == "cuda":
+        per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if per_node > visible:
+            raise BenchError(f"torchrun started {per_node} processes on this node but {visible} GPU(s) are visible; "
+                             f"NCCL needs one GPU per process: use --nproc-per-node {visible} (or gpu), "
+                             "or --device cpu for gloo")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return context()

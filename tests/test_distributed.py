@@ -89,7 +89,7 @@ def test_lloyd_starts_from_the_seeded_rows(blobs):
 
 def _bench(args: list[str], cwd: Path, nproc: int | None = None, env: dict | None = None
            ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bench", "run", *args, "--no-progress"]
+    cmd = [sys.executable, "-m", "bench", "run", *args, "--no-progress", "--device", "cpu"]  # gloo
     if nproc:
         cmd += ["--launcher", "torchrun", "--nproc-per-node", str(nproc)]
     return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600,

@@ -85,6 +85,7 @@ def test_committed_leaderboard_regenerates_byte_for_byte():
     (["run", "--datasets", "imagefolder:/no/such/dir"], "/no/such/dir"),
     (["run", "--device", "cuda:7"] if not __import__("torch").cuda.is_available() else ["run", "--device", "tpu"],
      "device"),
+    (["run", "--launcher", "torchrun", "--nproc-per-node", "64", "--device", "cuda"], "GPUs"),
     (["run", "--set", "kmeans.k=5000", "--datasets", "digits", "--methods", "kmeans", "--no-cache"],
      "larger than the number of images"),
     (["run", "--set", "kmeans.nope=1", "--methods", "kmeans"], "unknown parameter 'nope'"),
