@@ -246,9 +246,9 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         metrics: dict[str, float] = {}
-        try:
-            needs_features = any("features" in getattr(o, "requires", ()) for o in roles.values())
-            if needs_features:
+
+        def summarise() -> None:
+            if any("features" in getattr(o, "requires", ()) for o in roles.values()):
                 t0 = time.perf_counter()
                 with distributed.solo():
                     view.features()
@@ -261,24 +261,25 @@ class Runner:
                 rec.timings_s["fit"] = time.perf_counter() - t0
                 with distributed.solo():
                     metrics.update(self._evaluate_summary(est.summary_, view, method, seed, rec, path))
-            if "comparator" in roles:
-                t0 = time.perf_counter()
-                with contextlib.nullcontext() if "comparator" in collective else distributed.solo():
-                    cmetrics, detail = evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
-                                                           make_view=lambda s: self._view(s, extractor))
-                rec.timings_s["compare"] = time.perf_counter() - t0
-                metrics.update(cmetrics)
-                if "ladder" in detail:
-                    rec.tables["fidelity_ladder"] = detail["ladder"]
-                if "between_detail" in detail:
-                    self._save_artefacts(path, {"comparison": detail["between_detail"]}, suffix="comparison")
-        except BenchError as exc:
-            rec.status, rec.error = "error", str(exc)
-        except Exception as exc:  # noqa: BLE001 - a method bug must not end the grid
-            rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log_path = path.with_suffix(".traceback.txt")
-            records.write_atomic(log_path, traceback.format_exc())
-            rec.error += f" (traceback: {log_path})"
+
+        def compare() -> None:
+            t0 = time.perf_counter()
+            with contextlib.nullcontext() if "comparator" in collective else distributed.solo():
+                cmetrics, detail = evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
+                                                       make_view=lambda s: self._view(s, extractor))
+            rec.timings_s["compare"] = time.perf_counter() - t0
+            metrics.update(cmetrics)
+            if "ladder" in detail:
+                rec.tables["fidelity_ladder"] = detail["ladder"]
+            if "between_detail" in detail:
+                self._save_artefacts(path, {"comparison": detail["between_detail"]}, suffix="comparison")
+
+        ok = self._attempt(summarise, rec, path)
+        if "comparator" in roles:
+            if "comparator" in collective:   # the other ranks compare along only if rank 0 does
+                ok = distributed.broadcast_object(ok)
+            if ok:
+                self._attempt(compare, rec, path)
         rec.metrics = {k: records.Metric(value=_float_or_none(v), higher_is_better=HIGHER_IS_BETTER.get(k),
                                          n=len(view)) for k, v in metrics.items()}
         rec.peak_memory_mb["rss"] = _peak_rss_mb()
@@ -293,14 +294,29 @@ class Runner:
         view = self._view(source, extractor)
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
-        try:
-            if "summariser" in collective:
+        if "summariser" in collective:
+            with contextlib.suppress(BenchError):   # rank 0 meets the same error and records it
                 roles["summariser"].fit(view, seed=seed)
-            if "comparator" in collective:
+        if "comparator" in collective and distributed.broadcast_object(None):   # rank 0 says whether
+            with contextlib.suppress(BenchError):
                 evaluate_comparator(roles["comparator"], view, seed=seed, spec=spec,
                                     make_view=lambda s: self._view(s, extractor))
-        except BenchError:
-            pass   # rank 0 meets the same error and records it
+
+    @staticmethod
+    def _attempt(step: Callable[[], None], rec: records.Record, path: Path) -> bool:
+        """Run one step of a cell; a failure becomes the record's one-line error (the traceback of an
+        unexpected one goes next to the record) and the grid goes on."""
+        try:
+            step()
+            return True
+        except BenchError as exc:
+            rec.status, rec.error = "error", str(exc)
+        except Exception as exc:  # noqa: BLE001 - a method bug must not end the grid
+            rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log_path = path.with_suffix(".traceback.txt")
+            records.write_atomic(log_path, traceback.format_exc())
+            rec.error += f" (traceback: {log_path})"
+        return False
 
     def _evaluate_summary(self, summary, view: DataView, method: str, seed: int, rec: records.Record,
                           path: Path) -> dict[str, float]:

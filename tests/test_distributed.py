@@ -149,3 +149,26 @@ def test_torchrun_protosim_trains_both_roles_with_ddp_and_matches_one_process(tm
     assert rec["r2"]["status"] == "ok" and set(rec["r1"]["metrics"]) == set(rec["r2"]["metrics"])
     for name, metric in rec["r1"]["metrics"].items():
         assert rec["r2"]["metrics"][name]["value"] == pytest.approx(metric["value"], rel=1e-3, abs=1e-3), name
+
+
+@needs_gloo
+def test_torchrun_rank0_only_failure_does_not_strand_the_other_rank(tmp_path):
+    """Rank 0's evaluation fails (a one-class folder: no probe), so it skips the comparator; the
+    other rank must skip the collective comparator training too instead of waiting forever."""
+    from PIL import Image
+
+    folder = tmp_path / "one-class" / "only"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--methods", "protosim", "--datasets", f"imagefolder:{folder.parent}",
+         "--preset", "quick", "--set", "protosim.batch_size=16", "--out", "r", "--cache-dir", "c", "--device", "cpu",
+         "--no-progress", "--launcher", "torchrun", "--nproc-per-node", "2"],
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr   # finished, with a failed cell: bench's exit status 1
+    assert "<NO_OTHER_FAILURES>" in run.stderr, run.stderr   # rank 1 ended cleanly, not left to crash
+    (record,) = (tmp_path / "r").glob("*/*/protosim@*/*/seed0.json")
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "error" and "2 classes" in rec["error"]
