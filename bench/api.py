@@ -127,14 +127,16 @@ class DataView:
         return view
 
     # data ---------------------------------------------------------------------------
-    def features(self, layer: str = "pooled") -> np.ndarray:
+    def features(self, layer: str = "pooled", rows: slice | None = None) -> np.ndarray:
         """(n, d) float32 features of ``layer`` (pooled by default), cached by the store.
 
-        Raises DataError if they contain NaN or inf.
+        ``rows`` (positions in this view) reads only those rows from disk, e.g. one torchrun
+        rank's share. Raises DataError if they contain NaN or inf.
         """
         full = self.store.features(self.source, self.extractor, layer=layer, device=self.device,
                                    batch_size=self.batch_size, progress=self.progress)
-        feats = np.asarray(full[self.indices], dtype=np.float32)
+        wanted = self.indices if rows is None else self.indices[rows]
+        feats = np.asarray(full[wanted], dtype=np.float32)
         if not np.isfinite(feats).all():
             bad = int((~np.isfinite(feats)).any(axis=1).sum())
             raise DataError(

@@ -70,21 +70,23 @@ class KMeans(Summariser):
         from bench import distributed
         from bench.kmeans import lloyd
 
-        x = data.features(self.layer)
         k = self.k
         if k is None:
             k = len(np.unique(data.labels)) if data.labels is not None else 10
         on_cuda = str(data.device).startswith("cuda")
         ctx = distributed.context()
+        n = len(data)
         if ctx.world_size > 1 or (on_cuda and faiss.get_num_gpus() == 0):
-            start, stop = distributed.shard_range(len(x), ctx.rank, ctx.world_size)
-            fits = [lloyd(x[start:stop], int(k), niter=self.niter, seed=seed + r, device=data.device,
-                          offset=start, n_total=len(x)) for r in range(max(1, self.nredo))]
+            start, stop = distributed.shard_range(n, ctx.rank, ctx.world_size)
+            x = data.features(self.layer, rows=slice(start, stop))   # this rank's rows only
+            fits = [lloyd(x, int(k), niter=self.niter, seed=seed + r, device=data.device,
+                          offset=start, n_total=n) for r in range(max(1, self.nredo))]
             fit = min(fits, key=lambda f: f.inertia)
             self.backend_ = "torch"
-            codes = distributed.all_gather_rows(fit.codes, start, len(x))
+            codes = distributed.all_gather_rows(fit.codes, start, n)
             centroids, inertia = fit.centroids, fit.inertia
         else:
+            x = data.features(self.layer)
             codes, centroids, inertia = faiss_kmeans(x, int(k), niter=self.niter, seed=seed, nredo=self.nredo,
                                                      use_gpu=on_cuda or None)
             self.backend_ = "faiss"

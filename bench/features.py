@@ -37,6 +37,33 @@ def pool(activation: torch.Tensor) -> torch.Tensor:
     return activation if activation.ndim == 2 else activation.flatten(2).mean(dim=2)
 
 
+class ShardedRows:
+    """The shards a torchrun extraction wrote, read as one (N, D) array without joining them:
+    indexing reads only the rows asked for (each shard is memory-mapped), so a rank that wants
+    its own rows never loads the others'."""
+
+    def __init__(self, parts: list[np.ndarray], starts: list[int]):
+        self.parts, self.starts = parts, np.asarray(starts)
+        self.shape = (int(self.starts[-1]) + len(parts[-1]), parts[0].shape[1])
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        idx = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(idx), self.shape[1]), dtype=self.dtype)
+        shard = np.searchsorted(self.starts, idx, side="right") - 1
+        for k in np.unique(shard):
+            mine = shard == k
+            out[mine] = self.parts[k][idx[mine] - self.starts[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        full = self[:]
+        return full if dtype is None else full.astype(dtype, copy=False)
+
+
 class FeatureStore:
     """Disk cache of (N, D) float32 features; ``root=None`` keeps them in memory only."""
 
@@ -60,7 +87,7 @@ class FeatureStore:
 
     def features(self, source: ImageSource, extractor: Extractor, *, layer: str = "pooled",
                  device: str | torch.device = "cpu", batch_size: int = 64,
-                 progress: bool = False, collective: bool = False) -> np.ndarray:
+                 progress: bool = False, collective: bool = False) -> np.ndarray | ShardedRows:
         """(N, D) features of ``source``, extracted once and then read from disk.
 
         ``collective=True`` under torchrun (every rank calls it): each rank extracts and writes
@@ -94,15 +121,15 @@ class FeatureStore:
     def _shard_path(path: Path, rank: int, world_size: int) -> Path:
         return path.with_name(f"{path.stem}.shard{rank}of{world_size}.npy")
 
-    def _load(self, path: Path) -> np.ndarray | None:
+    def _load(self, path: Path) -> np.ndarray | ShardedRows | None:
         if path.exists():
             return np.load(path, mmap_mode="r")
         manifest = self._manifest(path)
         if not manifest.exists():
             return None
-        shards = json.loads(manifest.read_text())["shards"]
-        parts = [np.load(path.parent / s["file"], mmap_mode="r") for s in shards if s["stop"] > s["start"]]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        shards = [s for s in json.loads(manifest.read_text())["shards"] if s["stop"] > s["start"]]
+        return ShardedRows([np.load(path.parent / s["file"], mmap_mode="r") for s in shards],
+                           [s["start"] for s in shards])
 
     @staticmethod
     def _save(path: Path, feats: np.ndarray) -> None:

@@ -23,6 +23,7 @@ from sklearn.cluster import KMeans as SkKMeans
 from bench import distributed
 from bench.baselines import faiss_kmeans
 from bench.cli import _without_launcher
+from bench.features import ShardedRows
 from bench.kmeans import initial_indices, lloyd
 from bench.runner import shard_cells
 
@@ -45,6 +46,18 @@ def test_grid_shards_cover_every_cell_exactly_once(n_cells, n):
     covered = [c for i in range(n) for c in shard_cells(cells, (i, n))]
     assert sorted(covered) == sorted(cells)
     assert shard_cells(cells, (0, n)) == shard_cells(list(cells), (0, n))   # deterministic
+
+
+@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4), data=st.data())
+def test_sharded_rows_read_like_the_joined_array(sizes, data):
+    parts = [np.random.default_rng(i).normal(size=(m, 3)).astype(np.float32) for i, m in enumerate(sizes)]
+    joined = np.concatenate(parts)
+    rows = ShardedRows(parts, list(np.cumsum([0, *sizes[:-1]])))
+    idx = np.asarray(data.draw(st.lists(st.integers(0, len(joined) - 1), max_size=12)), dtype=np.int64)
+    np.testing.assert_array_equal(rows[idx], joined[idx])
+    np.testing.assert_array_equal(rows[1:], joined[1:])
+    np.testing.assert_array_equal(np.asarray(rows), joined)
+    assert rows.shape == joined.shape and len(rows) == len(joined)
 
 
 def test_launcher_options_are_stripped_before_relaunch():
