@@ -56,6 +56,23 @@ def _artefact_notes(sec: ReportSection, run: RunData, rec: R.Record) -> dict[str
     return art
 
 
+def _method_section(run: RunData, method: str, title: str, intro: str
+                    ) -> tuple[ReportSection, list[str], list[R.Record]] | None:
+    """A method's section: None when the run has no record of it; else the section (failed cells
+    noted), its first paragraph, and one ok summariser record per cell to draw."""
+    every = run.by_method(method)
+    if not every:
+        return None
+    sec = ReportSection(title, key=method)
+    _failed(sec, every)
+    ok = [r for r in run.by_method(method, ok=True) if "summariser" in r.method.roles]
+    return sec, [f'<p class="small">{intro}</p>'], _first_by_cell(ok)
+
+
+def _dataset_title(dname: str, limit: int | None) -> str:
+    return f"{dname}" + (f" (limit {limit})" if limit else "")
+
+
 def _images_or_note(sec: ReportSection, run: RunData, rec: R.Record, what: str) -> bool:
     if run.source(rec) is not None:
         return True
@@ -203,7 +220,7 @@ def fidelity_section(run: RunData) -> ReportSection | None:
         ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal (linear)")
         ax.set_xlabel("true proportion of shifted images")
         ax.set_ylabel("score, scaled to its ends")
-        ax.set_title(f"{dname}" + (f" (limit {lim})" if lim else ""))
+        ax.set_title(_dataset_title(dname, lim))
         ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
         parts.append(img_html(fig, f"{dname}: fidelity of every comparator (score vs true proportion)"))
@@ -234,7 +251,7 @@ def comparator_section(run: RunData) -> ReportSection | None:
                    color=["#9aa5b1", "#2457a6"])
             ax.set_title(f"{r.method.name} / {r.features.extractor}", fontsize=8)
             ax.tick_params(labelsize=7)
-        parts.append(img_html(fig, f"{dname}" + (f" (limit {lim})" if lim else "") + ": comparator scores"))
+        parts.append(img_html(fig, _dataset_title(dname, lim) + ": comparator scores"))
     sec.html = "\n".join(parts)
     return sec
 
@@ -243,15 +260,14 @@ def comparator_section(run: RunData) -> ReportSection | None:
 
 
 def protosim_section(run: RunData) -> ReportSection | None:
-    recs = [r for r in run.by_method("protosim") if "summariser" in r.method.roles]
-    if not run.by_method("protosim"):
+    made = _method_section(run, "protosim", "ProtoSim: dataset-specific and shared prototypes",
+                           "Per dataset, the prototypes specific to each group (over the specificity threshold of one "
+                           "group's share) and the most used shared ones: their top images and, where the plugin saved "
+                           "its figures, the attention of the prototype over the patches.")
+    if made is None:
         return None
-    sec = ReportSection("ProtoSim: dataset-specific and shared prototypes", key="protosim")
-    _failed(sec, run.by_method("protosim"))
-    parts = ['<p class="small">Per dataset, the prototypes specific to each group (over the specificity '
-             "threshold of one group's share) and the most used shared ones: their top images and, where the "
-             "plugin saved its figures, the attention of the prototype over the patches.</p>"]
-    for rec in _first_by_cell([r for r in recs if r.status == "ok"]):
+    sec, parts, recs = made
+    for rec in recs:
         art = _artefact_notes(sec, run, rec)
         parts.append(f"<h3>{esc(run.label(rec))}</h3>")
         groups = run.table(rec, "protosim_groups")
@@ -323,16 +339,15 @@ def variation_of_information(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def multicut_section(run: RunData) -> ReportSection | None:
-    recs = [r for r in run.by_method("multicut") if "summariser" in r.method.roles]
-    if not run.by_method("multicut"):
+    made = _method_section(run, "multicut", "Multicut: largest clusters and VI between extractors",
+                           "Minimum-cost multicut decides the number of clusters itself. Montages show the largest "
+                           "clusters (rows), labelled with their majority class; the heat map is the variation of "
+                           "information (nats) between the clusterings of one dataset by different extractors.")
+    if made is None:
         return None
-    sec = ReportSection("Multicut: largest clusters and VI between extractors", key="multicut")
-    _failed(sec, run.by_method("multicut"))
-    parts = ['<p class="small">Minimum-cost multicut decides the number of clusters itself. Montages show '
-             "the largest clusters (rows), labelled with their majority class; the heat map is the variation "
-             "of information (nats) between the clusterings of one dataset by different extractors.</p>"]
+    sec, parts, recs = made
     codes_by_ds: dict[tuple, dict[str, np.ndarray]] = defaultdict(dict)
-    for rec in _first_by_cell([r for r in recs if r.status == "ok"]):
+    for rec in recs:
         art = _artefact_notes(sec, run, rec)
         parts.append(f"<h3>{esc(run.label(rec))}</h3>")
         parts.append(table_html(run.table(rec, "multicut_cluster_statistics")))
@@ -385,7 +400,7 @@ def multicut_section(run: RunData) -> ReportSection | None:
                 ax.text(j, i, f"{vi[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if vi[i, j] < vi.max() / 2 else "black")
         fig.colorbar(im, ax=ax, label="VI (nats)")
-        parts.append(img_html(fig, f"{dname}" + (f" (limit {lim})" if lim else "")
+        parts.append(img_html(fig, _dataset_title(dname, lim)
                               + ": variation of information between extractors' clusterings"))
     sec.html = "\n".join(parts)
     return sec
@@ -395,15 +410,14 @@ def multicut_section(run: RunData) -> ReportSection | None:
 
 
 def wavelet_section(run: RunData) -> ReportSection | None:
-    recs = [r for r in run.by_method("wavelet") if "summariser" in r.method.roles]
-    if not run.by_method("wavelet"):
+    made = _method_section(run, "wavelet", "Wavelet: redundant and influential groups",
+                           "Algorithm 1 clusters images in wavelet space. A <b>redundant</b> group is a cluster of "
+                           "images with one label (the first is kept, the rest could be dropped); an "
+                           "<b>influential</b> group mixes labels (images near a decision boundary).")
+    if made is None:
         return None
-    sec = ReportSection("Wavelet: redundant and influential groups", key="wavelet")
-    _failed(sec, run.by_method("wavelet"))
-    parts = ['<p class="small">Algorithm 1 clusters images in wavelet space. A <b>redundant</b> group is a '
-             "cluster of images with one label (the first is kept, the rest could be dropped); an "
-             "<b>influential</b> group mixes labels (images near a decision boundary).</p>"]
-    for rec in _first_by_cell([r for r in recs if r.status == "ok"]):
+    sec, parts, recs = made
+    for rec in recs:
         art = _artefact_notes(sec, run, rec)
         parts.append(f"<h3>{esc(run.label(rec))}</h3>")
         for kind in ("redundant", "influential"):
@@ -457,17 +471,15 @@ def _nfd(mu_a, var_a, mu_b, var_b) -> np.ndarray:
 
 
 def dna_section(run: RunData) -> ReportSection | None:
-    recs = [r for r in run.by_method("dna") if "summariser" in r.method.roles]
-    if not run.by_method("dna"):
+    made = _method_section(run, "dna", "DNA: per-layer and top-neuron differences",
+                           "Distributions of neuron activations. Per dataset: per-layer descriptors of the histograms. "
+                           "Between datasets seen through one extractor: the neuron Fréchet distance of the per-neuron "
+                           "Gaussians each DNA stored, averaged per layer and for the most different neurons.")
+    if made is None:
         return None
-    sec = ReportSection("DNA: per-layer and top-neuron differences", key="dna")
-    _failed(sec, run.by_method("dna"))
-    parts = ['<p class="small">Distributions of neuron activations. Per dataset: per-layer descriptors of '
-             "the histograms. Between datasets seen through one extractor: the neuron Fréchet distance of "
-             "the per-neuron Gaussians each DNA stored, averaged per layer and for the most different "
-             "neurons.</p>"]
+    sec, parts, recs = made
     gauss: dict[str, list[tuple[R.Record, list, np.ndarray, np.ndarray]]] = defaultdict(list)
-    for rec in _first_by_cell([r for r in recs if r.status == "ok"]):
+    for rec in recs:
         art = _artefact_notes(sec, run, rec)
         parts.append(f"<h3>{esc(run.label(rec))}</h3>")
         rows = run.table(rec, "dna_layers")
@@ -525,14 +537,13 @@ def dna_section(run: RunData) -> ReportSection | None:
 
 
 def qrp_section(run: RunData) -> ReportSection | None:
-    if not run.by_method("qrp"):
+    made = _method_section(run, "qrp", "QRP: expert breakdown",
+                           "Quantized reverse probing: how well concept groups, added one at a time, predict the "
+                           "K-means cluster of an image (NMI on the test split, mean ± std over clusterings).")
+    if made is None:
         return None
-    sec = ReportSection("QRP: expert breakdown", key="qrp")
-    _failed(sec, run.by_method("qrp"))
-    parts = ['<p class="small">Quantized reverse probing: how well concept groups, added one at a time, '
-             "predict the K-means cluster of an image (NMI on the test split, mean ± std over "
-             "clusterings).</p>"]
-    for rec in _first_by_cell(run.by_method("qrp", ok=True)):
+    sec, parts, recs = made
+    for rec in recs:
         rows = run.table(rec, "qrp_expert_breakdown")
         parts.append(f"<h3>{esc(run.label(rec))}</h3>")
         if not rows:
