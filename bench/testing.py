@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch.distributed as dist
 
 from bench.api import DataView
 from bench.datasets.base import ImageSource, content_revision
 from bench.extractors.pixels import PixelsExtractor
 from bench.features import FeatureStore
+
+#: marks tests that start two gloo processes with torchrun (plugins' DDP tests too)
+needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
 
 
 def make_tiny_source(n: int = 60, *, n_classes: int = 3, size: int = 16, seed: int = 0,

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch.distributed as dist
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.cluster import KMeans as SkKMeans
@@ -26,9 +25,7 @@ from bench.cli import _without_launcher
 from bench.features import ShardedRows
 from bench.kmeans import initial_indices, lloyd
 from bench.runner import shard_cells
-
-needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+from bench.testing import needs_gloo
 
 
 @given(n=st.integers(0, 500), world=st.integers(1, 9), align=st.integers(1, 70))
@@ -100,12 +97,12 @@ def test_lloyd_starts_from_the_seeded_rows(blobs):
     np.testing.assert_array_equal(full.centroids, blobs[initial_indices(len(blobs), 12, 1)])
 
 
-def _bench(args: list[str], cwd: Path, nproc: int | None = None, env: dict | None = None
-           ) -> subprocess.CompletedProcess:
+def _bench(args: list[str], cwd: Path, nproc: int | None = None, env: dict | None = None,
+           timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "bench", "run", *args, "--no-progress", "--device", "cpu"]  # gloo
     if nproc:
         cmd += ["--launcher", "torchrun", "--nproc-per-node", str(nproc)]
-    return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=600,
+    return subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
 
@@ -175,11 +172,8 @@ def test_torchrun_rank0_only_failure_does_not_strand_the_other_rank(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(32):
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "run", "--methods", "protosim", "--datasets", f"imagefolder:{folder.parent}",
-         "--preset", "quick", "--set", "protosim.batch_size=16", "--out", "r", "--cache-dir", "c", "--device", "cpu",
-         "--no-progress", "--launcher", "torchrun", "--nproc-per-node", "2"],
-        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = _bench(["--methods", "protosim", "--datasets", f"imagefolder:{folder.parent}", "--preset", "quick",
+                  "--set", "protosim.batch_size=16", "--out", "r", "--cache-dir", "c"], tmp_path, nproc=2, timeout=300)
     assert run.returncode == 1, run.stderr   # finished, with a failed cell: bench's exit status 1
     assert "<NO_OTHER_FAILURES>" in run.stderr, run.stderr   # rank 1 ended cleanly, not left to crash
     (record,) = (tmp_path / "r").glob("*/*/protosim@*/*/seed0.json")

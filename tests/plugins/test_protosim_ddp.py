@@ -17,18 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from bench_protosim.augment import MultiCrop
 from bench_protosim.layer import ProtoSimNet
 from bench_protosim.method import ProtoSim
 from bench_protosim.shard import Shard, draw
 from protosim_ddp_worker import FIT, RUNS, SEED, TINY, final_state, make_trainer, tiny_view
 
-needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+from bench.testing import needs_gloo
+
 WORKER = Path(__file__).with_name("protosim_ddp_worker.py")
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
