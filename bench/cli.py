@@ -185,21 +185,15 @@ def launch_torchrun(argv: list[str], nproc: str) -> int:
     return subprocess.call(cmd)
 
 
-def _check_gpus_for(nproc: str, device: str) -> None:
-    """Before starting torchrun: NCCL needs one GPU per process (torchrun would fail with a traceback)."""
-    import torch
-
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_cuda and nproc.isdigit() and int(nproc) > torch.cuda.device_count():
-        raise BenchError(f"--nproc-per-node {nproc} on CUDA needs {nproc} GPUs but {torch.cuda.device_count()} "
-                         "are visible; use --nproc-per-node gpu, or --device cpu for gloo")
-
-
 def cmd_run(args) -> int:
     from bench import distributed
 
     if args.launcher == "torchrun" and not distributed.launched():
-        _check_gpus_for(args.nproc_per_node, args.device)
+        import torch
+
+        on_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+        if on_cuda and args.nproc_per_node.isdigit():   # checked before torchrun, which would print a traceback
+            distributed.check_one_gpu_per_process(int(args.nproc_per_node))
         return launch_torchrun(args.argv, args.nproc_per_node)
     if os.environ.get("RANK", "0") != "0":
         console.quiet = True   # rank 0 prints the run; the others only their errors

@@ -86,14 +86,18 @@ def init(device: torch.device) -> Context:
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return context()
     if device.type == "cuda":
-        per_node, visible = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
-        if per_node > visible:
-            raise BenchError(f"torchrun started {per_node} processes on this node but {visible} GPU(s) are visible; "
-                             f"NCCL needs one GPU per process: use --nproc-per-node {visible} (or gpu), "
-                             "or --device cpu for gloo")
+        check_one_gpu_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     return context()
+
+
+def check_one_gpu_per_process(per_node: int) -> None:
+    """NCCL needs one GPU per process; say so in one line instead of a failed rendezvous."""
+    visible = torch.cuda.device_count()
+    if per_node > visible:
+        raise BenchError(f"{per_node} processes per node on CUDA need {per_node} GPUs but {visible} are visible "
+                         "(NCCL needs one GPU per process); use --nproc-per-node gpu, or --device cpu for gloo")
 
 
 def local_device(device: torch.device) -> torch.device:

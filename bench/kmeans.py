@@ -53,7 +53,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torc
     return torch.cat(codes), torch.cat(dists)
 
 
-def lloyd(x_local: np.ndarray | torch.Tensor, k: int, *, niter: int = 20, seed: int = 0,
+def lloyd(x_local: np.ndarray, k: int, *, niter: int = 20, seed: int = 0,
           device: str | torch.device = "cpu", offset: int = 0, n_total: int | None = None) -> LloydResult:
     """``niter`` Lloyd iterations then a final assignment (faiss' convention).
 
@@ -61,8 +61,7 @@ def lloyd(x_local: np.ndarray | torch.Tensor, k: int, *, niter: int = 20, seed: 
     of ``n_total``, and every rank must call this with the same ``k``, ``niter`` and ``seed``.
     """
     device = torch.device(device)
-    x_np = x_local.detach().cpu().numpy() if isinstance(x_local, torch.Tensor) else np.asarray(x_local)
-    x = torch.as_tensor(check_finite(np.ascontiguousarray(x_np, dtype=np.float32)), device=device)
+    x = torch.as_tensor(check_finite(np.ascontiguousarray(x_local, dtype=np.float32)), device=device)
     n_local, d = x.shape
     if n_total is None:
         n_total = int(distributed.all_reduce_sum(torch.tensor([n_local], dtype=torch.float64)).item())

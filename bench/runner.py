@@ -179,8 +179,9 @@ class Runner:
     def _extract_collectively(self, source: ImageSource, extractor, methods: list[str]) -> None:
         """Under torchrun: every rank extracts its shard of the pooled features, before any method
         (which may then run on rank 0 alone) asks for them."""
-        needs = any("features" in getattr(obj, "requires", ())
-                    for m in set(methods) for obj in self._roles(m, "paper").values())
+        needs = any("features" in getattr(registry.get(m), "requires", ())
+                    for m in set(methods) for registry in (self.regs.summarisers, self.regs.comparators)
+                    if m in registry)
         if needs and self.store.root is not None:
             self.store.features(source, extractor, layer="pooled", device=self.device,
                                 batch_size=self.cfg.batch_size, progress=self.cfg.progress and self.ctx.is_main,
