@@ -1,19 +1,35 @@
 """Embedded synthetic datasets mirroring the ImageNet ∪ PASS case study (no download).
 
-Two sources, drawn with numpy from a seed (64×64 RGB uint8):
+Two kinds of image, drawn with numpy from a seed (64×64 RGB uint8):
 
-* group 0, ``objects`` (ImageNet-like, object-centric): one shape per image (circle,
-  square, triangle, star, ring, cross) with a colour and a texture on a simple
-  background, or a large drawn person (class ``person``). A smaller person stands
-  beside the object in ``PERSON_SHARE`` of the shape images, as people do in ImageNet.
-* group 1, ``scenes`` (PASS-like, no people): mountains, sea, forest, city, desert.
-  The only people in scenes are ``N_EDGE_CASES`` planted, listed in
-  ``notes["edge_cases"]``.
+* ``object`` images: one shape (circle, square, triangle, star, ring, cross) with a colour
+  and a texture on a simple background, or a large drawn person (class ``person``). A
+  smaller person stands beside the shape in ``PERSON_SHARE`` of the shape images, as
+  people do in ImageNet.
+* ``scene`` images: mountains, sea, forest, city, desert; no people.
+
+``synth-passnet`` has two sources that, like ImageNet and PASS, overlap in content and
+differ in emphasis and in people:
+
+* group 0, ``objects`` (ImageNet-like): mostly object images (with people as above) and a
+  share ``MIX`` of scenes.
+* group 1, ``scenes`` (PASS-like, no people): mostly scenes and a share ``MIX`` of object
+  images drawn from the same generator with the people left out (no ``person`` class, no
+  person beside a shape). The only people here are ``N_EDGE_CASES`` planted in scenes,
+  listed in ``notes["edge_cases"]``.
+
+So every style and every non-person concept occurs in both sources; people are the one
+concept only the ImageNet-like source has (``notes["planted"]``), which is what a method
+that finds dataset-specific concepts should find. Its people wear pink (``CLOTHES``), a
+colour no shape or scene has, so they are visible to patch-level features of the offline
+default backbone (a random-init ViT, no semantics); ``synth-shift`` keeps the object
+colours for clothes.
 
 Ground truth per image: a global class label, a multi-hot concept vector (concept groups
-object, colour, texture, background, person; what QRP probes), the group, and planted
-near-duplicate pairs (exact copies and slightly perturbed copies: noise, a 1 px shift
-or a brightness change), both members with the same label and concepts.
+object, colour, texture, background, person; what QRP probes), the group, whether it is a
+scene (``notes["is_scene"]``), and planted near-duplicate pairs (exact copies and slightly
+perturbed copies: noise, a 1 px shift or a brightness change), both members with the same
+label and concepts.
 
 Classes are separable on purpose but not trivially: each shape class prefers one colour
 (``P_PREFERRED_COLOUR``), yet colour, texture, background, position, size, rotation,
@@ -64,6 +80,8 @@ PREFERRED_COLOUR = {"circle": "red", "square": "blue", "triangle": "green", "sta
                     "ring": "purple", "cross": "orange", "person": "blue"}
 P_PREFERRED_COLOUR = 0.75
 PERSON_SHARE = 0.35        # share of shape images with a person beside the object
+MIX = 0.25                 # share of each synth-passnet source drawn from the other kind of image
+CLOTHES = (235, 80, 170)   # synth-passnet people wear pink, a colour no shape or scene has
 N_EDGE_CASES = 4           # scenes with a planted person (listed)
 DUP_FRACTION = 0.03        # planted copies per source, as a share of its images
 NOISE_SIGMA = 5.0
@@ -147,10 +165,15 @@ def _vertical_gradient(img: np.ndarray, top, bottom, y0: int = 0, y1: int = SIZE
 
 
 def _draw_person(img: np.ndarray, cx: float, top: float, h: float, rng: np.random.Generator,
-                 shirt=None, pattern: np.ndarray | None = None) -> None:
-    """A stick-and-block person figure: head, torso, arms, legs; ``h`` pixels tall."""
+                 shirt=None, pattern: np.ndarray | None = None, clothes=None) -> None:
+    """A stick-and-block person figure: head, torso, arms, legs; ``h`` pixels tall.
+
+    The shirt is ``shirt``, else ``clothes`` jittered, else a random object colour jittered.
+    """
     skin = np.asarray(_SKIN[rng.integers(len(_SKIN))], np.float32)
-    shirt = _jitter(rng, OBJECT_COLOURS[rng.integers(6)]) if shirt is None else shirt
+    if shirt is None:
+        base = np.asarray(RGB[OBJECT_COLOURS[rng.integers(6)]] if clothes is None else clothes, np.float32)
+        shirt = np.clip(base + rng.uniform(-18, 18, 3), 0, 255)
     trousers = _jitter(rng, ["black", "blue", "brown", "grey"][rng.integers(4)], 10)
     limb = max(0.07 * h, 1.6)
     hip, foot = top + 0.6 * h, top + h
@@ -180,7 +203,8 @@ def _object_background(img: np.ndarray, rng: np.random.Generator) -> str:
     return kind
 
 
-def _render_object(cls: str, rng: np.random.Generator, with_person: bool) -> tuple[np.ndarray, list[str]]:
+def _render_object(cls: str, rng: np.random.Generator, with_person: bool,
+                   clothes=None) -> tuple[np.ndarray, list[str]]:
     img = np.empty((SIZE, SIZE, 3), np.float32)
     concepts = ["background:" + _object_background(img, rng)]
     colour = PREFERRED_COLOUR[cls] if rng.random() < P_PREFERRED_COLOUR else OBJECT_COLOURS[rng.integers(6)]
@@ -200,7 +224,8 @@ def _render_object(cls: str, rng: np.random.Generator, with_person: bool) -> tup
     concepts.append(f"object:{cls}")
     if with_person:
         h = rng.uniform(28, 38)
-        _draw_person(img, SIZE / 2 + side * rng.uniform(17, 22), rng.uniform(SIZE - h - 8, SIZE - h - 1), h, rng)
+        _draw_person(img, SIZE / 2 + side * rng.uniform(17, 22), rng.uniform(SIZE - h - 8, SIZE - h - 1), h, rng,
+                     clothes=clothes)
         concepts.append("person:person")
     return img, concepts
 
@@ -344,12 +369,19 @@ def _multi_hot(names: list[str]) -> np.ndarray:
     return row
 
 
-def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 0):
-    """``n`` images of one source with balanced classes.
+def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 0, people: bool = True,
+                 clothes=None):
+    """``n`` images of one kind (``group`` "objects" or "scenes") with balanced classes.
 
-    Returns (images uint8 (n,H,W,3), global labels (n,), concepts bool (n,C), edge case rows).
+    ``people=False`` leaves people out of object images (no ``person`` class, nobody beside
+    a shape), as in PASS. ``clothes``: the RGB of the shirts of people beside shapes and of
+    planted people (default: a random object colour). Returns (images uint8 (n,H,W,3), global labels (n,), concepts bool
+    (n,C), edge case rows).
     """
-    classes = OBJECT_CLASSES if group == "objects" else SCENE_CLASSES
+    if group == "objects":
+        classes = OBJECT_CLASSES if people else [c for c in OBJECT_CLASSES if c != "person"]
+    else:
+        classes = SCENE_CLASSES
     offset = 0 if group == "objects" else len(OBJECT_CLASSES)
     local = rng.permutation(np.arange(n) % len(classes))
     images = np.empty((n, SIZE, SIZE, 3), np.float32)
@@ -358,16 +390,19 @@ def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 
     for i, k in enumerate(local):
         cls = classes[k]
         if group == "objects":
-            img, names = _render_object(cls, rng, with_person=cls != "person" and rng.random() < PERSON_SHARE)
+            img, names = _render_object(cls, rng, with_person=people and cls != "person"
+                                        and rng.random() < PERSON_SHARE, clothes=clothes)
         else:
             img, names, ground = _render_scene(cls, rng)
             if i in edge:  # planted: a small person standing on the ground
                 h = rng.uniform(12, 18)
-                _draw_person(img, rng.uniform(8, SIZE - 8), ground - h, h, rng)
+                _draw_person(img, rng.uniform(8, SIZE - 8), ground - h, h, rng, clothes=clothes)
                 names.append("person:person")
         images[i] = img
         concepts[i] = _multi_hot(names)
-    return _finish(images, rng), (local + offset).astype(np.int64), concepts, sorted(edge)
+    labels = np.asarray([OBJECT_CLASSES.index(classes[k]) if group == "objects" else k + offset
+                         for k in local], dtype=np.int64)
+    return _finish(images, rng), labels, concepts, sorted(edge)
 
 
 def _perturb(img: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -425,7 +460,7 @@ def _read_only(*arrays: np.ndarray) -> None:
 
 
 def make_synth_passnet(seed: int = 0, **kwargs) -> ImageSource:
-    """``synth-passnet``: objects ∪ scenes, ``n_per_source`` images each (objects first).
+    """``synth-passnet``: the ImageNet-like source then the PASS-like one, ``n_per_source`` images each.
 
     Generated once per process and parameters (≈1 s), then served from a small cache;
     the cached arrays are read-only so no caller can change another's data.
@@ -433,15 +468,36 @@ def make_synth_passnet(seed: int = 0, **kwargs) -> ImageSource:
     return _fresh(_synth_passnet(seed, **kwargs))
 
 
+def _mixed_source(main: str, n: int, mix: float, rngs, *, people: bool, n_edge: int = 0):
+    """One source: ``n − round(mix·n)`` images of kind ``main`` and the rest of the other kind,
+    rows shuffled. Returns images, labels, concepts and the shuffled edge case rows."""
+    other = "scenes" if main == "objects" else "objects"
+    n_other = round(mix * n)
+    parts = {main: render_group(main, n - n_other, rngs[0], people=people, clothes=CLOTHES,
+                                n_edge=n_edge if main == "scenes" else 0),
+             other: render_group(other, n_other, rngs[1], people=people, clothes=CLOTHES,
+                                 n_edge=n_edge if other == "scenes" else 0)}
+    img, lab, con = (np.concatenate([parts["objects"][i], parts["scenes"][i]]) for i in range(3))
+    n_obj = len(parts["objects"][0])
+    order = rngs[2].permutation(n)                      # row r of the source is image order[r]
+    where = np.argsort(order)
+    edge_rows = sorted(int(where[n_obj + e]) for e in parts["scenes"][3])
+    return img[order], lab[order], con[order], edge_rows
+
+
 @functools.lru_cache(maxsize=4)
 def _synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: float = DUP_FRACTION,
-                   n_edge_cases: int = N_EDGE_CASES) -> ImageSource:
+                   n_edge_cases: int = N_EDGE_CASES, mix: float = MIX) -> ImageSource:
     _check_size(n_per_source, "n_per_source")
     if not 0 <= dup_fraction <= 0.25:
         raise BenchError(f"dup_fraction must be in [0, 0.25], got {dup_fraction}")
-    r_obj, r_scn, r_dup = (np.random.default_rng(s) for s in np.random.SeedSequence([seed, 1]).spawn(3))
-    img_o, lab_o, con_o, _ = render_group("objects", n_per_source, r_obj)
-    img_s, lab_s, con_s, edge = render_group("scenes", n_per_source, r_scn, n_edge=n_edge_cases)
+    if not 0 <= mix < 0.5:
+        raise BenchError(f"mix must be in [0, 0.5), got {mix}")
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence([seed, 1]).spawn(7)]
+    img_o, lab_o, con_o, _ = _mixed_source("objects", n_per_source, mix, streams[0:3], people=True)
+    img_s, lab_s, con_s, edge = _mixed_source("scenes", n_per_source, mix, streams[3:6], people=False,
+                                              n_edge=n_edge_cases)
+    r_dup = streams[6]
     n_pairs = round(dup_fraction * n_per_source)
     pairs_o, kinds_o = plant_duplicates(img_o, lab_o, con_o, n_pairs, r_dup)
     pairs_s, kinds_s = plant_duplicates(img_s, lab_s, con_s, n_pairs, r_dup, exclude=edge,
@@ -449,6 +505,7 @@ def _synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: floa
     images = np.concatenate([img_o, img_s])
     labels = np.concatenate([lab_o, lab_s])
     concepts = np.concatenate([con_o, con_s])
+    is_scene = labels >= len(OBJECT_CLASSES)
     groups = np.repeat(np.arange(2, dtype=np.int64), n_per_source)
     pairs = np.concatenate([pairs_o, pairs_s])
     edge_rows = [n_per_source + e for e in edge]
@@ -456,14 +513,17 @@ def _synth_passnet(seed: int = 0, *, n_per_source: int = 600, dup_fraction: floa
         "edge_cases": [{"index": i, "group": "scenes", "class": CLASS_NAMES[labels[i]],
                         "concept": "person:person", "what": "a small person planted in a scene"}
                        for i in edge_rows],
+        "planted": {"concept": "person:person", "group": "objects",
+                    "what": "people occur in the ImageNet-like source only (and the listed edge cases)"},
+        "is_scene": is_scene,
         "duplicate_kinds": kinds_o + kinds_s,
-        "seed": seed, "n_per_source": n_per_source,
+        "seed": seed, "n_per_source": n_per_source, "mix": mix,
     }
-    _read_only(images, labels, concepts, groups, pairs)
+    _read_only(images, labels, concepts, groups, pairs, is_scene)
     return ImageSource(
         name="synth-passnet",
         revision=content_revision(images, labels, concepts, groups, pairs if len(pairs) else None,
-                                  extra="synth-passnet/1"),   # content_revision cannot hash empty arrays
+                                  extra="synth-passnet/2"),   # content_revision cannot hash empty arrays
         n=len(images), array=images, ids=[f"{GROUP_NAMES[g]}/{i:05d}" for i, g in enumerate(groups)],
         labels=labels, class_names=list(CLASS_NAMES), concepts=concepts,
         concept_names=list(CONCEPT_NAMES), concept_groups={k: list(v) for k, v in CONCEPT_GROUPS.items()},

@@ -4,7 +4,9 @@ and the Comparator (how differently two datasets use one jointly learned pool of
 Deviations from the reference, all documented in the parameters: the DINO head starts from
 random weights (timm ViT weights carry no DINO head); the frozen backbone runs once per crop
 in eval mode and is shared by student and teacher (the reference keeps drop-path 0.1 active in
-the frozen student backbone); the Gumbel-softmax runs in fp32 under bf16 autocast.
+the frozen student backbone); the Gumbel-softmax runs in fp32 under bf16 autocast; with
+``prototype_init="kmeans"`` (the CPU quick preset) the prototypes start from k-means centroids of
+the backbone's tokens instead of U[0, 1) (init.py says why).
 """
 
 from __future__ import annotations
@@ -42,7 +44,25 @@ QUICK_PARAMS: dict[str, Any] = {
     "n_prototypes": 512, "epochs": 2, "hard_epoch": 1, "batch_size": 64, "lr": 5e-4,
     "out_dim": 1024, "head_hidden_dim": 256, "head_bottleneck_dim": 64,
     "global_crop_size": 32, "local_crop_size": 16, "n_local_crops": 2,
+    # a few dozen steps barely move U[0, 1) prototypes; start from k-means of the tokens (init.py)
+    "prototype_init": "kmeans",
 }
+
+
+#: the planted-concept check: the top images of this many most specific prototypes of the planted group
+PLANTED_PROTOTYPES, PLANTED_IMAGES = 6, 5
+
+
+def planted_concept(view: DataView, table: ImageTable) -> tuple[int, np.ndarray, str] | None:
+    """(group, per-image mask, concept) of a concept the dataset's generator planted in one group
+    only (``notes["planted"]``, e.g. people in synth-passnet's ImageNet-like source), or None."""
+    planted = (view.source.notes or {}).get("planted")
+    names = view.source.concept_names or []
+    if not planted or view.concepts is None or planted["concept"] not in names \
+            or planted["group"] not in table.group_names:
+        return None
+    mask = view.concepts[:, names.index(planted["concept"])].astype(bool)
+    return table.group_names.index(planted["group"]), mask, planted["concept"]
 
 
 def _top_share(counts: np.ndarray) -> float:
@@ -95,6 +115,7 @@ class _ProtoSimBase:
         amp: bool = True,
         head_checkpoint: str | None = None,
         balanced: bool = False,
+        prototype_init: str = "uniform",
         num_workers: int = 0,
         memory_limit_gb: float | None = None,
         specific_threshold: float = 0.95,
@@ -141,6 +162,7 @@ class _ProtoSimBase:
         self.amp = amp
         self.head_checkpoint = head_checkpoint
         self.balanced = balanced
+        self.prototype_init = prototype_init
         self.num_workers = num_workers
         self.memory_limit_gb = memory_limit_gb
         self.specific_threshold = specific_threshold
@@ -187,6 +209,8 @@ class _ProtoSimBase:
              f"specific_level must be 'image' or 'token', got {self.specific_level!r}")
         need(self.stats_weights in ("student", "teacher"),
              f"stats_weights must be 'student' or 'teacher', got {self.stats_weights!r}")
+        need(self.prototype_init in ("uniform", "kmeans"),
+             f"prototype_init must be 'uniform' or 'kmeans', got {self.prototype_init!r}")
         need(self.score in ("jensen_shannon", "specific_share"),
              f"score must be 'jensen_shannon' or 'specific_share', got {self.score!r}")
         need(self.chunk_tokens is None or (isinstance(self.chunk_tokens, int) and self.chunk_tokens >= 1),
@@ -259,6 +283,7 @@ class ProtoSim(_ProtoSimBase, Summariser):
         if run is None:  # a rank > 0: its share of the training is done; rank 0 holds the summary
             self.summary_ = None
             return self
+        run["planted"] = planted_concept(data, table)
         self._fitted = {"table": table, "backbone": run["backbone"], "stats_net": run["stats_net"],
                         "instance_counts": run["assigned"].instance_counts}
         self.train_result_: TrainResult = run["result"]
@@ -331,6 +356,19 @@ class ProtoSim(_ProtoSimBase, Summariser):
                 stats[f"n_specific_{_safe(names[j])}"] = float(len(specific_lists[names[j]]))
             tok = run["token_counts"]
             stats["usage_js_divergence_bits"] = jensen_shannon(tok[0], tok[1]) if g == 2 else float("nan")
+        planted_rows = []
+        if g > 1 and run.get("planted") is not None:
+            j, mask, concept = run["planted"]
+            for r, p in enumerate(specific_lists[names[j]][:PLANTED_PROTOTYPES]):
+                rows = top_images(a.instance_counts, int(p), PLANTED_IMAGES)
+                planted_rows.append({"group": names[j], "rank": r, "prototype": int(p), "concept": concept,
+                                     "top_images": len(rows), "with_concept": int(mask[rows].sum())})
+            shown_n = sum(row["top_images"] for row in planted_rows)
+            # share of the top images of the most specific prototypes that show the planted concept,
+            # beside the share of the group's images that do (what a prototype blind to it would get)
+            stats["planted_top_images_share"] = (sum(row["with_concept"] for row in planted_rows) / shown_n
+                                                 if shown_n else float("nan"))
+            stats["planted_base_rate"] = float(mask[table.groups == j].mean())
 
         # figures: most specific prototypes of each group, then the most frequent shared ones
         fig_dir = run["figures_dir"]
@@ -370,6 +408,7 @@ class ProtoSim(_ProtoSimBase, Summariser):
                  f"{unit}_in_group": int(basis[j, p]), f"{unit}_total": int(basis[:, p].sum()),
                  "top_images": " ".join(map(str, top_images(a.instance_counts, int(p), self.n_top_images)))}
                 for j in range(g) for r, p in enumerate(specific_lists.get(names[j], [])[:10])],
+            "protosim_planted": planted_rows,
             "protosim_cls_proportion": [{"bin_low": float(edges[i]), "bin_high": float(edges[i + 1]),
                                          "prototypes": int(hist_counts[i])} for i in range(10)],
         }

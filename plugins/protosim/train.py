@@ -39,6 +39,7 @@ from bench_protosim.dino import (
     ema_update,
     param_groups,
 )
+from bench_protosim.init import kmeans_prototypes
 from bench_protosim.layer import ProtoSimNet, step_memory_bytes
 from bench_protosim.shard import Shard
 from torch.nn.parallel import DistributedDataParallel
@@ -89,6 +90,7 @@ class TrainConfig:
     amp: bool = True
     head_checkpoint: str | None = None
     balanced: bool = False
+    prototype_init: str = "uniform"
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -230,6 +232,25 @@ class Trainer:
         teacher.to(self.device)
         return student.train(), teacher.eval()  # teacher: no drop-path; its Gumbel noise stays on
 
+    @torch.no_grad()
+    def _init_from_kmeans(self, student: ProtoSimNet, teacher: ProtoSimNet) -> None:
+        """Student and teacher prototypes ← k-means of the tokens (init.py); under DDP rank 0
+        clusters alone and every rank takes its centroids."""
+        centroids, error = None, None
+        if self.ctx.is_main:
+            try:
+                with distributed.solo():
+                    centroids = kmeans_prototypes(self.backbone, self.table, self.cfg.n_prototypes,
+                                                  seed=self.seed)
+            except BenchError as exc:  # told to every rank, so none waits for centroids that never come
+                error = str(exc)
+        if self.ddp:
+            centroids, error = distributed.broadcast_object((centroids, error))
+        if error:
+            raise BenchError(error)
+        for net in (student, teacher):
+            net.protosim.prototypes.copy_(centroids.to(net.protosim.prototypes.device))
+
     def _epoch_rows(self, epoch: int) -> torch.Tensor:
         n, total = self.table.n, self.steps * self.batch
         if self.cfg.balanced and self.table.n_groups > 1:
@@ -259,10 +280,12 @@ class Trainer:
                                teacher_temp=cfg.teacher_temp, center_momentum=cfg.center_momentum,
                                distributed=self.ddp)
             loss_fn.to(self.device)
+            resumed = self._load(student, teacher, optimizer, loss_fn)
+            if resumed is None and cfg.prototype_init == "kmeans":
+                self._init_from_kmeans(student, teacher)
             history: list[dict] = [{"epoch": -1, "loss": None, "diversity": student.protosim.diversity(),
                                     "hard": False}]
             start = 0
-            resumed = self._load(student, teacher, optimizer, loss_fn)
             if resumed is not None:
                 history = resumed["history"]
                 start = resumed["epoch"] + 1
