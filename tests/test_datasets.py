@@ -104,9 +104,13 @@ def test_synth_passnet_ground_truth(passnet):
     assert cols == list(range(len(s.concept_names)))                    # groups partition the columns
     assert {"object", "colour", "texture", "background", "person"} <= set(s.concept_groups)
     n_obj = len(S.OBJECT_CLASSES)
-    assert (s.labels[s.groups == 0] < n_obj).all() and (s.labels[s.groups == 1] >= n_obj).all()
+    is_scene = s.notes["is_scene"]
+    assert np.array_equal(is_scene, s.labels >= n_obj)
+    # both sources mix the two kinds: mostly objects in the ImageNet-like one, mostly scenes in the other
+    assert abs(is_scene[s.groups == 0].mean() - S.MIX) < 0.02 and abs(1 - is_scene[s.groups == 1].mean() - S.MIX) < 0.02
+    assert not (s.labels[s.groups == 1] == S.OBJECT_CLASSES.index("person")).any()   # PASS: no person class
     counts = np.bincount(s.labels, minlength=len(s.class_names))
-    assert counts.min() >= 0.8 * 600 / 7                                # balanced (duplicates shift a few)
+    assert counts.min() >= 0.8 * 600 * (1 - S.MIX) / 7                  # balanced (duplicates shift a few)
     idx = {name: i for i, name in enumerate(s.concept_names)}
     tex = s.concepts[:, s.concept_groups["texture"]]
     assert (tex.sum(1) == 1).all()                                      # exactly one texture each
@@ -132,12 +136,24 @@ def test_person_concept_only_in_objects_and_listed_edge_cases(passnet):
     assert len(edge) == S.N_EDGE_CASES
     assert sorted(np.flatnonzero(person & (s.groups == 1)).tolist()) == edge
     assert all(e["group"] == "scenes" and e["concept"] == "person:person" for e in s.notes["edge_cases"])
-    shapes = (s.groups == 0) & (s.labels != S.OBJECT_CLASSES.index("person"))
+    shapes = (s.groups == 0) & ~s.notes["is_scene"] & (s.labels != S.OBJECT_CLASSES.index("person"))
     share = person[shapes].mean()
     assert 0.25 < share < 0.5                                            # a good share of object images
+    assert s.notes["planted"]["concept"] == "person:person" and s.notes["planted"]["group"] == "objects"
     assert [s.class_names[s.labels[e["index"]]] for e in s.notes["edge_cases"]] == [
         e["class"] for e in s.notes["edge_cases"]]
     assert not set(edge) & set(s.duplicate_pairs.reshape(-1).tolist())   # edge cases are not copied
+
+
+def test_synth_passnet_people_wear_a_colour_nothing_else_has(passnet):
+    """The planted concept must be visible to patch-level features: pink clothes appear in every
+    image with a small person (beside a shape or planted in a scene) and in no image without one."""
+    s = passnet
+    x = s.array.astype(np.int16)
+    pink = ((x[..., 0] > 192) & (x[..., 1] < 120) & (x[..., 2] > 120)).sum((1, 2))
+    person = s.concepts[:, s.concept_names.index("person:person")]
+    small = person & (s.labels != S.OBJECT_CLASSES.index("person"))  # the person class wears its class colour
+    assert pink[small].min() >= 10 and pink[~person].max() == 0
 
 
 def test_duplicate_pairs_near_identical(passnet):

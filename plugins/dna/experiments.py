@@ -65,7 +65,8 @@ def person_selection(extractor: str = "tiny-vit", *, layers: Sequence[str] = ("p
     view = DataView(src, ext, FeatureStore(None), batch_size=64)
     layers = list(layers)
     person = src.concepts[:, src.concept_names.index(concept)].astype(bool)
-    objects, scenes = src.groups == 0, (src.groups == 1) & ~person
+    is_scene = np.asarray(src.notes["is_scene"], dtype=bool)          # both sources mix the two kinds
+    objects, scenes = ~is_scene, is_scene & ~person
     res: dict[str, list[tuple[float, float]]] = {"all": [], "selected": []}
     for seed in seeds:
         rng = np.random.default_rng(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import faiss
 import numpy as np
 import pytest
 import timm
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from bench_protosim.analysis import instance_matrix, top_images
 from bench_protosim.data import Backbone, ImageTable
+from bench_protosim.init import backbone_tokens, kmeans_prototypes
 from bench_protosim.layer import ProtoSimLayer
-from bench_protosim.method import ProtoSim, ProtoSimComparator
+from bench_protosim.method import QUICK_PARAMS, ProtoSim, ProtoSimComparator
 from bench_protosim.train import TrainConfig, Trainer
 
 from bench.api import DataView
@@ -105,20 +107,21 @@ def test_soft_to_hard_switch_at_the_configured_epoch(passnet_view, tmp_path, mon
     assert all(np.isfinite(row["loss"]) for row in result.history[1:])
 
 
-def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, tmp_path):
-    full = _trainer(passnet_view, tmp_path / "full").run()
+@pytest.mark.parametrize("init", ["uniform", "kmeans"])
+def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, tmp_path, init):
+    full = _trainer(passnet_view, tmp_path / "full", prototype_init=init).run()
 
     def interrupt(epoch, it, loss):
         if epoch == 1 and it == 1:
             raise KeyboardInterrupt
 
-    broken = _trainer(passnet_view, tmp_path / "resumed")
+    broken = _trainer(passnet_view, tmp_path / "resumed", prototype_init=init)
     broken.on_step = interrupt
     with pytest.raises(KeyboardInterrupt):
         broken.run()
     state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 0                                                   # epoch 1 never finished
-    resumed = _trainer(passnet_view, tmp_path / "resumed").run()
+    resumed = _trainer(passnet_view, tmp_path / "resumed", prototype_init=init).run()
     assert resumed.resumed_from_epoch == 0
     for (name, a), b in zip(full.student.state_dict().items(), resumed.student.state_dict().values()):
         assert torch.equal(a, b), name
@@ -126,11 +129,53 @@ def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, t
         assert torch.equal(a, b)
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
     # a finished run resumes to itself without training; other settings are refused
-    again = _trainer(passnet_view, tmp_path / "full").run()
+    again = _trainer(passnet_view, tmp_path / "full", prototype_init=init).run()
     assert again.resumed_from_epoch == 2 and torch.equal(again.student.protosim.prototypes,
                                                          full.student.protosim.prototypes)
     with pytest.raises(BenchError, match="different run"):
-        _trainer(passnet_view, tmp_path / "full", n_prototypes=32).run()
+        _trainer(passnet_view, tmp_path / "full", n_prototypes=32, prototype_init=init).run()
+
+
+def test_kmeans_init_makes_the_first_assignment_the_spherical_kmeans_one(passnet_view):
+    """Known answer: with unit centroids scaled to one norm, argmax of the raw logits z·P is the
+    nearest centroid of z/‖z‖, i.e. faiss' spherical k-means assignment of the tokens."""
+    table = ImageTable.from_view(passnet_view)
+    backbone = Backbone(passnet_view.extractor, torch.device("cpu"))
+    protos = kmeans_prototypes(backbone, table, 32, seed=0)
+    tokens = backbone_tokens(backbone, table, np.arange(table.n), 64)
+    norms = protos.norm(dim=1)
+    assert torch.allclose(norms, norms.mean(), rtol=1e-5)
+    assert np.isclose(norms.mean().item(), np.linalg.norm(tokens, axis=1).mean(), rtol=1e-5)
+    layer = ProtoSimLayer(32, tokens.shape[1])
+    with torch.no_grad():
+        layer.prototypes.copy_(protos)
+    ours = layer.assign(torch.from_numpy(tokens)).numpy()
+    index = faiss.IndexFlatIP(tokens.shape[1])
+    index.add(np.ascontiguousarray((protos / norms[:, None]).numpy()))
+    unit = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    _, ref = index.search(np.ascontiguousarray(unit, dtype=np.float32), 1)
+    assert (ours == ref[:, 0]).mean() > 0.999                     # ties in float32 aside
+    # the training starts there: epoch -1 of the history is the k-means init's diversity
+    cfg = TrainConfig.from_params({**SMALL, "n_prototypes": 32, "epochs": 1, "prototype_init": "kmeans"})
+    assert cfg.prototype_init == "kmeans"
+
+
+def test_kmeans_init_needs_as_many_tokens_as_prototypes(passnet_view):
+    small = passnet_view.subset(np.arange(4))                   # 4 images × 17 tokens = 68 < 100
+    with pytest.raises(BenchError, match=r"prototype_init='kmeans' needs at least n_prototypes=100 tokens"):
+        ProtoSim(**{**SMALL, "n_prototypes": 100, "batch_size": 4, "prototype_init": "kmeans"}).fit(small, seed=0)
+    with pytest.raises(BenchError, match="prototype_init must be"):
+        ProtoSim(**{**SMALL, "prototype_init": "random"}).fit(passnet_view, seed=0)
+
+
+def test_quick_preset_finds_the_planted_people_on_synth_passnet():
+    """The issue's check on the embedded dataset, with the offline default backbone: the top images
+    of the most ImageNet-like-specific prototypes show people far above their base rate."""
+    from bench.extractors.builtin import tiny_vit
+
+    view = DataView(make_synth_passnet(0), tiny_vit(), FeatureStore(None), batch_size=64)
+    st = ProtoSim(**{**QUICK_PARAMS, "n_figure_prototypes": 0}).fit(view, seed=0).summary_.statistics
+    assert st["planted_base_rate"] < 0.4 and st["planted_top_images_share"] >= 0.8
 
 
 def _planted_source(n: int = 60, seed: int = 0) -> ImageSource:
@@ -193,10 +238,10 @@ def test_fit_on_synth_passnet(passnet_view, tmp_path):
     assert np.array_equal(clone.summary_.codes, s.codes)
 
 
-def test_comparator_sees_two_sources_as_more_different_than_two_halves(passnet_view):
+def test_comparator_sees_objects_and_scenes_as_more_different_than_two_halves(passnet_view):
     comp = ProtoSimComparator(**{**SMALL, "epochs": 1, "hard_epoch": 1})
-    g = passnet_view.groups
-    objects, scenes = np.flatnonzero(g == 0), np.flatnonzero(g == 1)
+    is_scene = passnet_view.source.notes["is_scene"][passnet_view.indices]   # both sources mix the kinds
+    objects, scenes = np.flatnonzero(~is_scene), np.flatnonzero(is_scene)
     between = comp.compare(passnet_view.subset(objects[:30]), passnet_view.subset(scenes[:30]), seed=0)
     null = comp.compare(passnet_view.subset(objects[:30]), passnet_view.subset(objects[30:]), seed=0)
     assert 0 <= null.score < between.score <= 1
