@@ -43,8 +43,8 @@ def load_digits(seed: int = 0) -> ImageSource:
 
 def embedded_specs() -> list[DatasetSpec]:
     return [
-        DatasetSpec("synth-passnet", "synthetic objects (with people) ∪ scenes (no people), 64×64, "
-                    "labels, concepts, groups, planted duplicates",
+        DatasetSpec("synth-passnet", "an ImageNet-like source (mostly objects, with people) ∪ a PASS-like "
+                    "one (mostly scenes, no people), 64×64, labels, concepts, groups, planted duplicates",
                     lambda seed=0, **kw: make_synth_passnet(seed, **kw), embedded=True),
         DatasetSpec("synth-shift", "objects mixed with scenes at known proportions 0, 0.1, …, 1 (ladder) "
                     "plus an objects-only reference",

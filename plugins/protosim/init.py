@@ -59,8 +59,10 @@ def kmeans_prototypes(backbone: Backbone, table: ImageTable, k: int, *, seed: in
     if not np.isfinite(x).all():
         raise BenchError("protosim: the backbone's tokens contain NaN or inf; cannot initialise prototypes")
     scale = float(np.linalg.norm(x, axis=1).mean())
+    # min_points_per_centroid=1: fewer than faiss' 39 points per centroid is allowed (checked above),
+    # without its warning on the console
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True,
-                      max_points_per_centroid=POINTS_PER_CENTROID)
+                      max_points_per_centroid=POINTS_PER_CENTROID, min_points_per_centroid=1)
     km.train(np.ascontiguousarray(x))
     centroids = km.centroids / np.maximum(np.linalg.norm(km.centroids, axis=1, keepdims=True), 1e-12)
     return torch.from_numpy(centroids * scale).float()
