@@ -281,6 +281,14 @@ def protosim_section(run: RunData) -> ReportSection | None:
             ax.set_ylabel("prototypes")
             ax.legend(fontsize=7)
             parts.append(img_html(fig, "prototypes used by / specific to each group"))
+        planted = run.table(rec, "protosim_planted")
+        if planted:
+            hits, seen = sum(r.get("with_concept", 0) for r in planted), sum(r.get("top_images", 0) for r in planted)
+            base = rec.statistics.get("planted_base_rate")
+            rate = f"; {base:.0%} of that group's images do" if base is not None and np.isfinite(base) else ""
+            parts.append(f"<p>Planted concept <code>{esc(str(planted[0].get('concept')))}</code> (only in "
+                         f"{esc(str(planted[0].get('group')))}): {hits}/{seen} top images of its "
+                         f"{len(planted)} most specific prototypes show it{rate}.</p>")
         shown = 0
         for fpath in art.get("figures") or []:
             p = Path(fpath)

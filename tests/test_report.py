@@ -184,7 +184,9 @@ def crafted(tmp_path_factory, regs):
     fig.parent.mkdir(parents=True)
     Image.fromarray(rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)).save(fig)
     _write(root, "protosim", src, "tiny-vit", tables={"protosim_groups": [
-        {"group": "a", "prototypes_used": 10, "specific_prototypes": 3}]},
+        {"group": "a", "prototypes_used": 10, "specific_prototypes": 3}], "protosim_planted": [
+        {"group": "a", "rank": r, "prototype": p, "concept": "person", "top_images": 5, "with_concept": w}
+        for r, (p, w) in enumerate([(4, 5), (9, 3)])]},
         artefacts={"figures": [str(fig)], "top_images": {"4": [1, 2, 3]}})
     _write(root, "protosim", src, "pixels", artefacts={
         "figures": [str(root.parent / "gone.png")], "top_images": {"4": [1, 2, 3], "7": [5, 6]},
@@ -225,6 +227,7 @@ def test_crafted_run_draws_every_section_and_says_what_is_missing(crafted, regs,
     assert "revision 0123456789abcdef" in mc and "not drawing images of another dataset version" in mc
     ps = _section_html(text, "protosim")
     assert "protosim-specific-a: top images" in ps                       # the plugin's own figure
+    assert "8/10 top images of its 2 most specific prototypes show it" in ps    # the planted concept
     assert "gone.png is missing" in ps and "top images per prototype" in ps   # fallback montage
     wv = _section_html(text, "wavelet")
     assert "largest redundant groups" in wv and "largest influential groups" in wv
