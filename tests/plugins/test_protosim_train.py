@@ -222,6 +222,12 @@ def test_fit_on_synth_passnet(passnet_view, tmp_path):
     st = s.statistics
     assert st["n_groups"] == 2 and st["n_shared"] + st["n_specific"] == st["n_prototypes_used"]
     assert st["n_specific_objects"] > 0 and all(isinstance(v, float) for v in st.values())
+    # the planted concept (notes["planted"]): share of people in the top images, table per prototype
+    planted = s.artefacts["tables"]["protosim_planted"]
+    hits, seen = sum(r["with_concept"] for r in planted), sum(r["top_images"] for r in planted)
+    assert seen > 0 and st["planted_top_images_share"] == hits / seen
+    person = passnet_view.concepts[:, passnet_view.source.concept_names.index("person:person")]
+    assert st["planted_base_rate"] == person[passnet_view.groups == 0].mean()
     # counts are consistent: every image has one class token and 16 patch tokens
     assert s.artefacts["instance_counts_data"].sum() == n * 17 and s.artefacts["group_cls_counts"].sum() == n
     assert s.artefacts["group_spatial_counts"].sum() == n * 16
@@ -258,6 +264,7 @@ def test_single_dataset_and_balanced_sampling(tmp_path):
     one.source.groups = None
     est = ProtoSim(**{**SMALL, "epochs": 1}).fit(one, seed=0)
     assert est.summary_.statistics["n_groups"] == 1 and "n_specific" not in est.summary_.statistics
+    assert "planted_top_images_share" not in est.summary_.statistics       # one group: nothing is specific
 
     big = make_synth_passnet(2, n_per_source=40)
     skewed = DataView(big, SmallViT(), FeatureStore(None)).subset(np.r_[np.arange(40), 40 + np.arange(4)])
