@@ -155,8 +155,10 @@ def _paint(img: np.ndarray, mask: np.ndarray, rgb, pattern: np.ndarray | None = 
         img[mask & ~pattern] = 0.55 * rgb
 
 
-def _jitter(rng: np.random.Generator, name: str, amount: float = 18) -> np.ndarray:
-    return np.clip(np.asarray(RGB[name], np.float32) + rng.uniform(-amount, amount, 3), 0, 255)
+def _jitter(rng: np.random.Generator, colour, amount: float = 18) -> np.ndarray:
+    """``colour`` (a name in ``RGB`` or an RGB triple) plus uniform noise per channel."""
+    rgb = RGB[colour] if isinstance(colour, str) else colour
+    return np.clip(np.asarray(rgb, np.float32) + rng.uniform(-amount, amount, 3), 0, 255)
 
 
 def _vertical_gradient(img: np.ndarray, top, bottom, y0: int = 0, y1: int = SIZE) -> None:
@@ -172,8 +174,7 @@ def _draw_person(img: np.ndarray, cx: float, top: float, h: float, rng: np.rando
     """
     skin = np.asarray(_SKIN[rng.integers(len(_SKIN))], np.float32)
     if shirt is None:
-        base = np.asarray(RGB[OBJECT_COLOURS[rng.integers(6)]] if clothes is None else clothes, np.float32)
-        shirt = np.clip(base + rng.uniform(-18, 18, 3), 0, 255)
+        shirt = _jitter(rng, OBJECT_COLOURS[rng.integers(6)] if clothes is None else clothes)
     trousers = _jitter(rng, ["black", "blue", "brown", "grey"][rng.integers(4)], 10)
     limb = max(0.07 * h, 1.6)
     hip, foot = top + 0.6 * h, top + h
@@ -375,14 +376,13 @@ def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 
 
     ``people=False`` leaves people out of object images (no ``person`` class, nobody beside
     a shape), as in PASS. ``clothes``: the RGB of the shirts of people beside shapes and of
-    planted people (default: a random object colour). Returns (images uint8 (n,H,W,3), global labels (n,), concepts bool
-    (n,C), edge case rows).
+    planted people (default: a random object colour). Returns (images uint8 (n,H,W,3),
+    global labels (n,), concepts bool (n,C), edge case rows).
     """
     if group == "objects":
         classes = OBJECT_CLASSES if people else [c for c in OBJECT_CLASSES if c != "person"]
     else:
         classes = SCENE_CLASSES
-    offset = 0 if group == "objects" else len(OBJECT_CLASSES)
     local = rng.permutation(np.arange(n) % len(classes))
     images = np.empty((n, SIZE, SIZE, 3), np.float32)
     concepts = np.zeros((n, len(CONCEPT_NAMES)), dtype=bool)
@@ -400,8 +400,7 @@ def render_group(group: str, n: int, rng: np.random.Generator, *, n_edge: int = 
                 names.append("person:person")
         images[i] = img
         concepts[i] = _multi_hot(names)
-    labels = np.asarray([OBJECT_CLASSES.index(classes[k]) if group == "objects" else k + offset
-                         for k in local], dtype=np.int64)
+    labels = np.asarray([CLASS_NAMES.index(classes[k]) for k in local], dtype=np.int64)
     return _finish(images, rng), labels, concepts, sorted(edge)
 
 
@@ -473,10 +472,9 @@ def _mixed_source(main: str, n: int, mix: float, rngs, *, people: bool, n_edge: 
     rows shuffled. Returns images, labels, concepts and the shuffled edge case rows."""
     other = "scenes" if main == "objects" else "objects"
     n_other = round(mix * n)
-    parts = {main: render_group(main, n - n_other, rngs[0], people=people, clothes=CLOTHES,
-                                n_edge=n_edge if main == "scenes" else 0),
-             other: render_group(other, n_other, rngs[1], people=people, clothes=CLOTHES,
-                                 n_edge=n_edge if other == "scenes" else 0)}
+    # render_group plants the n_edge people in scenes only
+    parts = {main: render_group(main, n - n_other, rngs[0], people=people, clothes=CLOTHES, n_edge=n_edge),
+             other: render_group(other, n_other, rngs[1], people=people, clothes=CLOTHES, n_edge=n_edge)}
     img, lab, con = (np.concatenate([parts["objects"][i], parts["scenes"][i]]) for i in range(3))
     n_obj = len(parts["objects"][0])
     order = rngs[2].permutation(n)                      # row r of the source is image order[r]

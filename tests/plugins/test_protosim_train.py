@@ -136,7 +136,7 @@ def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, t
         _trainer(passnet_view, tmp_path / "full", n_prototypes=32, prototype_init=init).run()
 
 
-def test_kmeans_init_makes_the_first_assignment_the_spherical_kmeans_one(passnet_view):
+def test_kmeans_init_makes_the_first_assignment_the_spherical_kmeans_one(passnet_view, tmp_path):
     """Known answer: with unit centroids scaled to one norm, argmax of the raw logits z·P is the
     nearest centroid of z/‖z‖, i.e. faiss' spherical k-means assignment of the tokens."""
     table = ImageTable.from_view(passnet_view)
@@ -155,9 +155,9 @@ def test_kmeans_init_makes_the_first_assignment_the_spherical_kmeans_one(passnet
     unit = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
     _, ref = index.search(np.ascontiguousarray(unit, dtype=np.float32), 1)
     assert (ours == ref[:, 0]).mean() > 0.999                     # ties in float32 aside
-    # the training starts there: epoch -1 of the history is the k-means init's diversity
-    cfg = TrainConfig.from_params({**SMALL, "n_prototypes": 32, "epochs": 1, "prototype_init": "kmeans"})
-    assert cfg.prototype_init == "kmeans"
+    # the training starts there: epoch -1 of the history is these centroids' diversity
+    start = _trainer(passnet_view, tmp_path, n_prototypes=32, epochs=1, hard_epoch=1, prototype_init="kmeans").run()
+    assert start.history[0]["diversity"] == pytest.approx(layer.diversity(), rel=1e-6)
 
 
 def test_kmeans_init_needs_as_many_tokens_as_prototypes(passnet_view):
