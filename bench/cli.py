@@ -197,10 +197,12 @@ def cmd_run(args) -> int:
         return launch_torchrun(args.argv, args.nproc_per_node)
     if os.environ.get("RANK", "0") != "0":
         console.quiet = True   # rank 0 prints the run; the others only their errors
+    status = None
     try:
-        return _run(args)
+        status = _run(args)
+        return status
     finally:
-        distributed.shutdown()
+        distributed.shutdown(failed=bool(status))   # a status, not an exception: let the other ranks exit first
 
 
 def _run(args) -> int:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +50,8 @@ def launched() -> bool:
 
 
 _local = threading.local()
+#: pids of the other ranks on this host, learned when joining the group (see :func:`shutdown`)
+_local_peers: list[int] = []
 
 
 def _solo_depth() -> int:
@@ -89,6 +93,10 @@ def init(device: torch.device) -> Context:
         check_one_gpu_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    here = (socket.gethostname(), os.getpid())
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, here)
+    _local_peers[:] = [pid for host, pid in everyone if host == here[0] and pid != here[1]]
     return context()
 
 
@@ -107,9 +115,30 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def shutdown() -> None:
+def shutdown(*, failed: bool = False, wait_s: float = 60.0) -> None:
+    """Leave the process group.
+
+    ``failed``: this rank is about to exit non-zero on purpose (a run with failed cells).
+    torchrun takes any non-zero exit for a crash and sends SIGTERM to the ranks still running,
+    even one that has finished and is only tearing down; so first wait, at most ``wait_s``,
+    for the other ranks on this host to exit on their own.
+    """
     if active():
         dist.destroy_process_group()
+    if failed:
+        deadline = time.monotonic() + wait_s
+        while any(_running(pid) for pid in _local_peers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def barrier() -> None:

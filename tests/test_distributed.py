@@ -179,3 +179,21 @@ def test_torchrun_rank0_only_failure_does_not_strand_the_other_rank(tmp_path):
     (record,) = (tmp_path / "r").glob("*/*/protosim@*/*/seed0.json")
     rec = json.loads(record.read_text())
     assert rec["status"] == "error" and "2 classes" in rec["error"]
+
+
+def test_failed_shutdown_waits_for_the_other_local_ranks_to_exit(monkeypatch):
+    """A rank exiting non-zero on purpose first lets its peers exit, so torchrun does not SIGTERM
+    one that is still tearing down (the race behind the rank-0-only failure test)."""
+    import threading
+
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    reaper = threading.Thread(target=peer.wait)          # torchrun's agent reaps its workers likewise
+    reaper.start()
+    monkeypatch.setattr(distributed, "_local_peers", [peer.pid])
+    distributed.shutdown(failed=False)
+    assert peer.poll() is None                            # no wait without a failure status
+    distributed.shutdown(failed=True)
+    assert not distributed._running(peer.pid)             # returned only once the peer was gone
+    reaper.join()
+    assert peer.returncode == 0
+    assert distributed._running(os.getpid())
