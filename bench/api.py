@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.datasets.base import ImageSource
     from bench.extractors.base import Extractor
     from bench.features import FeatureStore
+    from bench.registry import Registry
 
 
 # --------------------------------------------------------------------------- outputs
@@ -89,6 +90,7 @@ class DataView:
         indices: np.ndarray | None = None,
         progress: bool = False,
         artefact_dir: Path | None = None,
+        experts: Registry | None = None,
     ):
         self.source = source
         self.extractor = extractor
@@ -99,6 +101,8 @@ class DataView:
         self.progress = progress
         #: where a method may write files for reports (figures …); None outside a run
         self.artefact_dir = artefact_dir
+        #: the run's concept-expert registry (reverse probing); None: a method uses its own defaults
+        self.experts = experts
 
     # ground truth, restricted to this view -----------------------------------------
     def __len__(self) -> int:
@@ -119,6 +123,11 @@ class DataView:
     @property
     def groups(self) -> np.ndarray | None:
         return None if self.source.groups is None else self.source.groups[self.indices]
+
+    def sibling(self, source: ImageSource) -> DataView:
+        """The same extractor, store and device over another source (the fidelity ladder's levels)."""
+        return DataView(source, self.extractor, self.store, device=self.device, batch_size=self.batch_size,
+                        progress=self.progress, experts=self.experts)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> DataView:
         """A view of some rows of this view (indices are positions in this view)."""
@@ -165,8 +174,57 @@ class DataView:
 # --------------------------------------------------------------------------- base classes
 
 
+REQUIREMENTS = frozenset({"features", "activations", "images"})
+
+
+@dataclass(frozen=True)
+class Tags:
+    """A method's capabilities, read from its class attributes and checked at registration
+    (scikit-learn's ``Tags``): a malformed declaration is one error when the plugin loads,
+    never an ``AttributeError`` mid-grid.
+
+    requires:    inputs it reads: ``features`` (pooled, cached), ``activations`` (streamed
+                 layers), ``images`` (raw pixels).
+    distributed: under torchrun, ``fit`` / ``compare`` run on every rank (it uses collectives).
+    larger_is_more_different: a comparator's score direction (None for other roles).
+    quick_params: CPU-sized parameter overrides for ``--preset quick``.
+    resources:   constructor parameters that are run resources (workers, folders, memory
+                 limits): recorded, never part of the comparability key.
+    """
+
+    requires: frozenset[str]
+    distributed: bool
+    larger_is_more_different: bool | None
+    quick_params: dict[str, Any]
+    resources: frozenset[str]
+
+
+def tags_of(cls: type) -> Tags:
+    """The checked :class:`Tags` of a method class; ONE-line BenchError naming the bad tag."""
+    who = f"{cls.__module__}.{cls.__qualname__}"
+    params = set(cls._param_names()) if hasattr(cls, "_param_names") else set()
+    requires = getattr(cls, "requires", frozenset({"features"}))
+    if isinstance(requires, str) or not all(isinstance(r, str) for r in requires) \
+            or not set(requires) <= REQUIREMENTS:
+        raise BenchError(f"{who}: tag 'requires' must be a set drawn from {sorted(REQUIREMENTS)}, got {requires!r}")
+    distributed = getattr(cls, "distributed", False)
+    if not isinstance(distributed, bool):
+        raise BenchError(f"{who}: tag 'distributed' must be True or False, got {distributed!r}")
+    direction = getattr(cls, "larger_is_more_different", None) if issubclass(cls, Comparator) else None
+    if issubclass(cls, Comparator) and not isinstance(direction, bool):
+        raise BenchError(f"{who}: tag 'larger_is_more_different' must be True or False, got {direction!r}")
+    quick = getattr(cls, "quick_params", {}) or {}
+    if not isinstance(quick, dict) or not set(quick) <= params:
+        bad = sorted(set(quick) - params) if isinstance(quick, dict) else quick
+        raise BenchError(f"{who}: tag 'quick_params' must map constructor parameters to values; unknown: {bad!r}")
+    resources = getattr(cls, "resources", frozenset())
+    if isinstance(resources, str) or not set(resources) <= params:
+        raise BenchError(f"{who}: tag 'resources' must name constructor parameters, got {resources!r}")
+    return Tags(frozenset(requires), distributed, direction, dict(quick), frozenset(resources))
+
+
 class _Method:
-    """Shared scikit-learn-style parameter handling."""
+    """Shared scikit-learn-style parameter handling. Capabilities: see :class:`Tags`."""
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "0"
@@ -175,6 +233,10 @@ class _Method:
     #: True: under torchrun the runner calls ``fit``/``compare`` on every rank (the method uses
     #: ``bench.distributed`` collectives; ranks > 0 may set ``summary_ = None``); False: rank 0 alone
     distributed: ClassVar[bool] = False
+    #: CPU-sized overrides for ``--preset quick``
+    quick_params: ClassVar[dict[str, Any]] = {}
+    #: constructor parameters that are run resources, kept out of the comparability key
+    resources: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -195,6 +257,12 @@ class _Method:
             setattr(self, key, value)
         return self
 
+    def check_params(self) -> None:
+        """Raise ONE-line BenchError for parameter values this method cannot run with (e.g. ``k < 1``).
+
+        Called by the runner for every cell before any work starts; the default accepts all.
+        Checks that need the data (``k > N``) belong in ``fit``."""
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -205,10 +273,6 @@ class Summariser(_Method):
 
     def fit(self, data: DataView, *, seed: int = 0) -> Summariser:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def evaluate_extra(self, data: DataView) -> dict[str, Any]:
-        """Optional hook for extra views the harness should evaluate (none by default)."""
-        return {}
 
 
 class Comparator(_Method):

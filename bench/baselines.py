@@ -66,6 +66,13 @@ class KMeans(Summariser):
         self.nredo = nredo
         self.layer = layer
 
+    def check_params(self) -> None:
+        if self.k is not None and self.k < 1:
+            raise BenchError(f"kmeans: k must be at least 1 (or unset for the number of classes), got {self.k}")
+        for name in ("niter", "nredo"):
+            if getattr(self, name) < 1:
+                raise BenchError(f"kmeans: {name} must be at least 1, got {getattr(self, name)}")
+
     def fit(self, data: DataView, *, seed: int = 0) -> KMeans:
         from bench import distributed
         from bench.kmeans import lloyd
@@ -97,11 +104,6 @@ class KMeans(Summariser):
                                 statistics={"k": float(k), "inertia": inertia},
                                 artefacts={"centroids": centroids})
         return self
-
-
-def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = _checked(x)
-    return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
 def _checked(x: np.ndarray) -> np.ndarray:

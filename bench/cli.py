@@ -61,20 +61,21 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _param(text: str) -> tuple[str, str, object]:
-    """``method.key=value`` with value parsed as JSON when possible (numbers, true, lists)."""
-    import json
+def _setting(text: str):
+    """``METHOD[.ROLE].PARAM=VALUE``: the shape is checked here, the value against the method's
+    constructor when the run is planned (before any work)."""
+    from bench.factory import parse_setting
 
     try:
-        lhs, value = text.split("=", 1)
-        method, key = lhs.split(".", 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--set takes METHOD.PARAM=VALUE, e.g. kmeans.k=20; got {text!r}") from None
-    try:
-        parsed: object = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return method, key, parsed
+        return parse_setting(text)
+    except BenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nproc(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"--nproc-per-node takes a positive integer or auto, got {text!r}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="skip cells whose record already exists with status ok")
     r.add_argument("--preset", choices=["auto", "paper", "quick"], default="auto",
                    help="method defaults: paper, or quick (CPU-sized); auto = quick on embedded datasets")
-    r.add_argument("--set", dest="params", type=_param, action="append", default=[], metavar="M.P=V",
-                   help="set a method parameter, e.g. --set kmeans.k=20 (repeatable)")
+    r.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
+                   help="set a method parameter, e.g. --set kmeans.k=20 or --set dna.comparator.distance=nfd "
+                   "(repeatable; type-checked before any work)")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--launcher", choices=["none", "torchrun"], default="none",
                    help="torchrun: start --nproc-per-node processes with torch.distributed.run; feature "
                    "extraction is sharded over them, protosim trains with DDP, kmeans all-reduces")
-    r.add_argument("--nproc-per-node", default="auto", metavar="N",
+    r.add_argument("--nproc-per-node", type=_nproc, default="auto", metavar="N",
                    help="processes for --launcher torchrun (default auto: one per GPU, else per CPU)")
 
     sub.add_parser("list", help="list runnable methods (summarisers and comparators)")
@@ -206,16 +208,14 @@ def cmd_run(args) -> int:
 
 
 def _run(args) -> int:
-    from bench.runner import DEFAULT_DATASETS, DEFAULT_EXTRACTOR, DEFAULT_METHODS, RunConfig, Runner
+    from bench.plan import DEFAULT_DATASETS, DEFAULT_EXTRACTOR, DEFAULT_METHODS, RunConfig
+    from bench.runner import Runner
 
-    params: dict[str, dict] = {}
-    for method, key, value in args.params:
-        params.setdefault(method, {})[key] = value
     cfg = RunConfig(
         methods=args.methods or list(DEFAULT_METHODS), datasets=args.datasets or list(DEFAULT_DATASETS),
         extractor=args.extractor or DEFAULT_EXTRACTOR, weights=args.weights, device=args.device,
         seeds=args.seeds, limit=args.limit, out=args.out, resume=args.resume, preset=args.preset,
-        params=params, batch_size=args.batch_size, cache_dir=args.cache_dir, no_cache=args.no_cache,
+        settings=args.settings, batch_size=args.batch_size, cache_dir=args.cache_dir, no_cache=args.no_cache,
         progress=not args.no_progress and console.is_terminal, strict_plugins=args.strict_plugins,
         shard=args.shard,
     )
@@ -235,12 +235,10 @@ def _run(args) -> int:
     return 1 if n_err else 0
 
 
-SUMMARY_METRICS = ["nmi", "ami", "nmi_random", "probe_acc", "dup_precision", "dup_recall",
-                   "fidelity_spearman", "score_between", "score_null"]
-
-
 def _print_summary(results) -> None:
-    shown = [m for m in SUMMARY_METRICS if any(m in r.record.metrics for r in results)]
+    from bench.metrics import METRICS
+
+    shown = [m for m, info in METRICS.items() if info.summary and any(m in r.record.metrics for r in results)]
     table = Table(title="bench run")
     for col in ["dataset", "method", "seed", *shown, "time s", "status"]:
         table.add_column(col, justify="right" if col not in ("dataset", "method", "status") else "left")
@@ -316,11 +314,17 @@ def cmd_extractors(args) -> int:
 
 def cmd_leaderboard(args) -> int:
     from bench import leaderboard
+    from bench.runstore import RunStore, check_writable_dir
 
     if not args.results.is_dir():
         raise BenchError(f"no records directory {str(args.results)!r}; run `bench run` first or pass the "
                          "directory that holds the records")
-    written = leaderboard.write(args.results, args.out)
+    check_writable_dir(args.out, "-o")
+    if not RunStore(args.results).record_files():
+        raise BenchError(f"no run records (seed*.json) under {str(args.results)!r}; nothing written to {args.out}")
+    written, problems = leaderboard.write(args.results, args.out)
+    for p in problems:
+        err_console.print(f"[yellow]warning:[/] {escape(p)} (left out of the tables)")
     console.print(f"wrote {len(written)} files to {args.out}/: " + ", ".join(p.name for p in written))
     return 0
 

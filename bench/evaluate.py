@@ -6,8 +6,6 @@ the same code and the same seeded protocol for every method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from bench import metrics as M
@@ -32,8 +30,29 @@ def validate_summary(summary: Summary, n: int, method: str) -> None:
             raise DataError(f"{method}: duplicate pairs index outside 0..{n - 1}")
 
 
+class Evaluator:
+    """Grades summaries and comparators. Holds the backbone probe of each (dataset, seed), so the
+    cells of one run probe the same features once; no state beyond that cache."""
+
+    def __init__(self) -> None:
+        self._probe: dict[tuple, float] = {}
+
+    def backbone_probe(self, view: DataView, seed: int) -> float:
+        """Linear-probe accuracy of the view's pooled features (the reference beside a method's)."""
+        key = (view.source.name, view.source.revision, view.source.n, seed)
+        if key not in self._probe:
+            labelled = view.labels >= 0
+            self._probe[key] = M.linear_probe_accuracy(view.features()[labelled], view.labels[labelled], seed=seed)
+        return self._probe[key]
+
+    def summary(self, summary: Summary, view: DataView, *, seed: int) -> dict[str, float]:
+        return evaluate_summary(summary, view, seed=seed, evaluator=self)
+
+
 def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
-                     backbone_probe: Callable[[], float] | None = None) -> dict[str, float]:
+                     evaluator: Evaluator | None = None) -> dict[str, float]:
+    """Harness metrics of one Summary: clustering scores against labels (and groups), the linear
+    probe of its representation beside the backbone's, duplicate precision / recall."""
     out: dict[str, float] = {}
     labels = view.labels
     # label < 0 marks an unlabelled image (e.g. PASS inside passnet): graded on labelled ones only
@@ -52,8 +71,8 @@ def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
     rep = summary.embedding if summary.embedding is not None else (
         M.one_hot(np.asarray(summary.codes)) if summary.codes is not None else None)
     if rep is not None and labels is not None:
-        if backbone_probe is not None and summary.embedding is not None:
-            out["probe_acc_backbone"] = backbone_probe()
+        if evaluator is not None and summary.embedding is not None:
+            out["probe_acc_backbone"] = evaluator.backbone_probe(view, seed)
         if "probe_acc_backbone" in out and _is_backbone(summary.embedding, view):
             out["probe_acc"] = out["probe_acc_backbone"]  # same input, same protocol: same number
         else:
@@ -96,30 +115,44 @@ def comparison_pairs(view: DataView, seed: int) -> tuple[tuple[np.ndarray, np.nd
     return None, (h1, h2), "random halves"
 
 
-def evaluate_comparator(comparator: Comparator, view: DataView, *, seed: int, spec: DatasetSpec,
-                        make_view: Callable[..., DataView]) -> tuple[dict[str, float], dict]:
-    """Scores of ``comparator`` on one dataset and the fidelity metrics derived from them."""
+def _score(comparator: Comparator, a: DataView, b: DataView, seed: int):
+    """One comparison; a NaN or infinite score is an error, never a number on the leaderboard."""
+    result = comparator.compare(a, b, seed=seed)
+    score = float(result.score)
+    if not np.isfinite(score):
+        raise DataError(f"{comparator.name or type(comparator).__name__}: the comparison score is {score} "
+                        f"({a.name}, {len(a)} vs {len(b)} images)")
+    return result, score
+
+
+def evaluate_comparator(comparator: Comparator, view: DataView, *, seed: int,
+                        spec: DatasetSpec) -> tuple[dict[str, float], dict]:
+    """Scores of ``comparator`` on one dataset and the fidelity metrics derived from them.
+
+    With a ladder (``spec.ladder``, e.g. synth-shift) the score against each mixing proportion
+    gives ``fidelity_spearman``; otherwise ``score_between`` (the two sources) and ``score_null``
+    (two halves of one source, see :func:`comparison_pairs`)."""
     direction = comparator.larger_is_more_different
     out: dict[str, float] = {}
     detail: dict = {}
     if spec.ladder is not None:
         reference, levels = spec.ladder(seed=0)
-        ref_view = make_view(reference)
+        ref_view = view.sibling(reference)
         props, scores = [], []
         for proportion, source in levels:
-            scores.append(float(comparator.compare(ref_view, make_view(source), seed=seed).score))
+            scores.append(_score(comparator, ref_view, view.sibling(source), seed)[1])
             props.append(float(proportion))
         out["fidelity_spearman"] = M.fidelity_spearman(props, scores, direction)
         out["score_null"], out["score_between"] = scores[0], scores[-1]
         detail["ladder"] = [{"proportion": p, "score": s} for p, s in zip(props, scores)]
     else:
         between, null, what = comparison_pairs(view, seed)
-        out["score_null"] = float(comparator.compare(view.subset(null[0]), view.subset(null[1]), seed=seed).score)
+        out["score_null"] = _score(comparator, view.subset(null[0]), view.subset(null[1]), seed)[1]
         if between is not None:
-            result = comparator.compare(view.subset(between[0]), view.subset(between[1]), seed=seed)
-            out["score_between"] = float(result.score)
+            result, score = _score(comparator, view.subset(between[0]), view.subset(between[1]), seed)
+            out["score_between"] = score
             detail["between"] = what
-            detail["between_detail"] = {"pair": what, "score": float(result.score), **result.detail}
+            detail["between_detail"] = {"pair": what, "score": score, **result.detail}
     if "score_between" in out and out["score_between"] != 0:
         ratio = out["score_null"] / out["score_between"]
         out["null_over_between"] = ratio if direction else 1.0 / ratio if ratio else float("inf")

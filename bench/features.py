@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from bench import distributed
-from bench.records import write_atomic
+from bench.runstore import safe_name, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.datasets.base import ImageSource
@@ -82,7 +82,7 @@ class FeatureStore:
     def path(self, source: ImageSource, extractor: Extractor, layer: str) -> Path | None:
         if self.root is None:
             return None
-        dataset = source.name.replace(":", "_").replace("/", "_")
+        dataset = safe_name(source.name)
         return self.root / f"{dataset}-{extractor.name}-{layer}-{self.key(source, extractor, layer)}.npy"
 
     def features(self, source: ImageSource, extractor: Extractor, *, layer: str = "pooled",

@@ -23,6 +23,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.registry import Registry
+    from bench.reporting import ReportSection, RunData
 
 hookspec = pluggy.HookspecMarker("bench")
 hookimpl = pluggy.HookimplMarker("bench")
@@ -68,17 +69,13 @@ def bench_record_written(record: Any, path: str) -> None:
     """Called after a run record is written atomically to ``path`` (loggers, exporters)."""
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bench.report import ReportSection, RunData
-
-
 @hookspec
 def bench_report_sections(run: RunData) -> list[ReportSection] | ReportSection | None:
-    """Add sections to ``bench report RUN_DIR``: return a :class:`bench.report.ReportSection`
+    """Add sections to ``bench report RUN_DIR``: return a :class:`bench.reporting.ReportSection`
     (title, HTML fragment, figures, notes on what is missing), a list of them, or None when
     the run holds nothing of yours.
 
-    ``run`` is a :class:`bench.report.RunData`: the run's records, their saved artefacts
+    ``run`` is a :class:`bench.reporting.RunData`: the run's records, their saved artefacts
     (``run.artefacts(record)``), tables, and the dataset images behind them
     (``run.source(record)``, ``run.montage(...)``). Read only what the run directory holds:
     a section must render from partial artefacts and say in ``notes`` what it could not

@@ -1,59 +1,85 @@
-"""Leaderboard: a pure, deterministic function of the stored records → Markdown + CSV.
+"""Leaderboard: a pure, deterministic function of the stored records.
 
-Rows are grouped by comparability key, so records that differ in method version, params,
-dataset revision, extractor/preprocessing or metric definitions never share a row.
-Within a row the seeds are aggregated as mean ± sample std; a metric missing in any seed
-gives an empty cell (no silent partial means).
+``aggregate(records)`` builds the tables as data (one :class:`DatasetBoard` per dataset revision
+and limit); ``to_markdown``, ``to_csv`` and ``to_html`` render them. Rows are grouped by
+comparability key, so records that differ in method version, params, dataset revision,
+extractor/preprocessing or metric definitions never share a row. Within a row the seeds are
+aggregated as mean ± sample std; a metric missing in any seed gives an empty cell (no silent
+partial means). Column order and directions come from the metric registry
+(:data:`bench.metrics.METRICS`).
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.metrics import HIGHER_IS_BETTER
-from bench.records import Record, load_all, write_atomic
-
-#: leading metric columns, in this order; others follow alphabetically
-METRIC_ORDER = ["nmi", "ami", "ari", "vi", "nmi_random", "n_clusters", "probe_acc", "probe_acc_backbone",
-                "dup_precision", "dup_recall", "dup_f1", "fidelity_spearman", "score_between", "score_null",
-                "null_over_between", "group_nmi"]
+from bench.metrics import HIGHER_IS_BETTER, metric_order
+from bench.records import Record
+from bench.runstore import RunStore, safe_name, write_atomic
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+@dataclass
+class Value:
+    """A mean ± sample std over the seeds of a row (None when any seed lacks it)."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    def text(self, *, spread: bool = True) -> str:
+        if self.mean is None:
+            return ""
+        return f"{self.mean:.3f} ± {self.std:.3f}" if spread and self.n > 1 else f"{self.mean:.3f}"
+
+
+@dataclass
+class Row:
+    """One comparability key: a method with its params on one dataset through one extractor."""
+
+    method: str
+    version: str
+    extractor: str
+    preset: str
+    key: str
+    seeds: list[int]
+    metrics: dict[str, Value]
+    time_s: Value
+    statistics: dict[str, Value] = field(default_factory=dict)
+    #: the lowest seed's method tables: name → rows
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+    table_seed: int = 0
+
+
+@dataclass
+class DatasetBoard:
+    name: str
+    revision: str
+    limit: int | None
+    metrics: list[str]
+    rows: list[Row]
+    errors: list[str]
+
+    @property
+    def stem(self) -> str:
+        return safe_name(self.name) + (f"-limit{self.limit}" if self.limit else "")
+
+
+def _mean_std(values: list[float | None]) -> Value:
     if not values or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
-        return None, None
+        return Value(None, None, len(values))
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
+    return Value(mean, std, len(values))
 
 
-def _fmt(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
-        return ""
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
-
-
-def _ordered(names: set[str]) -> list[str]:
-    return [m for m in METRIC_ORDER if m in names] + sorted(names - set(METRIC_ORDER))
-
-
-def _arrow(metric: str) -> str:
-    hib = HIGHER_IS_BETTER.get(metric)
-    return " ↑" if hib is True else " ↓" if hib is False else ""
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def build(records: list[Record]) -> dict[str, str]:
-    """Records → {relative file name: content}. Pure: same records, same bytes."""
+def aggregate(records: list[Record]) -> list[DatasetBoard]:
+    """Records → one board per (dataset, revision, limit), rows sorted. Pure: same records, same boards."""
     cells: dict[tuple, list[Record]] = defaultdict(list)
     for rec in records:
         key = (rec.dataset.name, rec.dataset.revision, rec.dataset.limit, rec.features.extractor,
@@ -63,76 +89,42 @@ def build(records: list[Record]) -> dict[str, str]:
     for key in sorted(cells, key=lambda k: tuple(str(x) for x in k)):
         by_dataset[key[:3]].append(key)
 
-    files: dict[str, str] = {}
-    csv_buf = io.StringIO()
-    writer = csv.writer(csv_buf, lineterminator="\n")
-    writer.writerow(["dataset", "revision", "limit", "extractor", "method", "method_version", "preset",
-                     "comparability_key", "kind", "name", "mean", "std", "n_seeds"])
-    index_lines = ["# Leaderboards", "",
-                   "Generated by `bench leaderboard` from stored records; do not edit by hand.", "",
-                   "| dataset | revision | rows |", "|---|---|---|"]
+    boards = []
     for (dname, drev, dlimit), keys in sorted(by_dataset.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
-        stem = dname.replace(":", "_").replace("/", "_") + (f"-limit{dlimit}" if dlimit else "")
-        metric_names: set[str] = set()
+        names: set[str] = set()
         for key in keys:
             for rec in cells[key]:
-                metric_names |= set(rec.metrics)
-        metrics = _ordered(metric_names)
-        header = ["method", "extractor", "seeds"] + [m + _arrow(m) for m in metrics] + ["time s", "key"]
-        rows, stats_sections, table_sections, errors = [], [], [], []
+                names |= set(rec.metrics)
+        metrics = metric_order(names)
+        rows, errors = [], []
         for key in keys:
             recs = sorted(cells[key], key=lambda r: r.seed)
+            errors += [f"`{r.method.name}` / `{r.features.extractor}` seed {r.seed}: {r.error}"
+                       for r in recs if r.status != "ok"]
             ok = [r for r in recs if r.status == "ok"]
-            first = recs[0]
-            for r in recs:
-                if r.status != "ok":
-                    errors.append(f"- `{r.method.name}` / `{r.features.extractor}` seed {r.seed}: {r.error}")
             if not ok:
                 continue
-            row = [f"{first.method.name} {first.method.version}", first.features.extractor,
-                   ",".join(str(r.seed) for r in ok)]
-            for m in metrics:
-                mean, std = _mean_std([r.metrics[m].value if m in r.metrics else None for r in ok])
-                row.append(_fmt(mean, std, len(ok)))
-                if mean is not None:
-                    writer.writerow([dname, drev, dlimit or "", first.features.extractor, first.method.name,
-                                     first.method.version, first.preset, key[-1], "metric", m,
-                                     f"{mean:.6g}", f"{std:.6g}", len(ok)])
-            fit_mean, fit_std = _mean_std([sum(r.timings_s.values()) for r in ok])
-            row += [_fmt(fit_mean, fit_std, 1), f"`{key[-1][:8]}`"]
+            first = ok[0]
+            row = Row(method=first.method.name, version=first.method.version, extractor=first.features.extractor,
+                      preset=first.preset, key=key[-1], seeds=[r.seed for r in ok],
+                      metrics={m: _mean_std([r.metrics[m].value if m in r.metrics else None for r in ok])
+                               for m in metrics},
+                      time_s=_mean_std([sum(r.timings_s.values()) for r in ok]))
+            for s in sorted(set().union(*(set(r.statistics) for r in ok))):
+                row.statistics[s] = _mean_std([r.statistics.get(s) for r in ok])
+            row.tables = {name: trows for name, trows in sorted(first.tables.items()) if trows}
+            row.table_seed = first.seed
             rows.append(row)
-            stat_names = sorted(set().union(*(set(r.statistics) for r in ok)))
-            if stat_names:
-                srows = []
-                for s in stat_names:
-                    mean, std = _mean_std([r.statistics.get(s) for r in ok])
-                    srows.append([s, _fmt(mean, std, len(ok))])
-                    if mean is not None:
-                        writer.writerow([dname, drev, dlimit or "", first.features.extractor, first.method.name,
-                                         first.method.version, first.preset, key[-1], "statistic", s,
-                                         f"{mean:.6g}", f"{std:.6g}", len(ok)])
-                stats_sections.append(f"### {first.method.name} / {first.features.extractor}\n\n"
-                                      + _table(["statistic", "value"], srows))
-            for tname, trows in sorted(ok[0].tables.items()):
-                if trows:
-                    cols = list(trows[0])
-                    body = [[_cell(tr.get(c)) for c in cols] for tr in trows]
-                    table_sections.append(f"### {first.method.name} / {first.features.extractor}: {tname}"
-                                          f" (seed {ok[0].seed})\n\n" + _table(cols, body))
-        parts = [f"# {dname}", "", f"Dataset revision `{drev}`" + (f", limited to {dlimit} images" if dlimit else "")
-                 + ". Metrics are computed by the harness (↑ higher is better, ↓ lower is better); "
-                 "mean ± std over seeds; `key` is the comparability key.", "", _table(header, rows)]
-        if stats_sections:
-            parts += ["", "## Method-reported statistics", "", "\n\n".join(stats_sections)]
-        if table_sections:
-            parts += ["", "## Method tables", "", "\n\n".join(table_sections)]
-        if errors:
-            parts += ["", "## Failed cells", ""] + errors
-        files[f"{stem}.md"] = "\n".join(parts) + "\n"
-        index_lines.append(f"| [{dname}]({stem}.md) | `{drev}` | {len(rows)} |")
-    files["README.md"] = "\n".join(index_lines) + "\n"
-    files["results.csv"] = csv_buf.getvalue()
-    return files
+        boards.append(DatasetBoard(dname, drev, dlimit, metrics, rows, errors))
+    return boards
+
+
+# --------------------------------------------------------------------------- renderers
+
+
+def _arrow(metric: str) -> str:
+    hib = HIGHER_IS_BETTER.get(metric)
+    return " ↑" if hib is True else " ↓" if hib is False else ""
 
 
 def _cell(value) -> str:
@@ -141,12 +133,125 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write(results_dir: Path, out_dir: Path) -> list[Path]:
-    """Regenerate ``out_dir`` tables from the records under ``results_dir``."""
-    files = build(load_all(results_dir))
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _main_header(board: DatasetBoard) -> list[str]:
+    return ["method", "extractor", "seeds"] + [m + _arrow(m) for m in board.metrics] + ["time s", "key"]
+
+
+def _main_cells(board: DatasetBoard, row: Row) -> list[str]:
+    return ([f"{row.method} {row.version}", row.extractor, ",".join(map(str, row.seeds))]
+            + [row.metrics[m].text() for m in board.metrics] + [row.time_s.text(spread=False), f"`{row.key[:8]}`"])
+
+
+def _intro(board: DatasetBoard) -> str:
+    return (f"Dataset revision `{board.revision}`" + (f", limited to {board.limit} images" if board.limit else "")
+            + ". Metrics are computed by the harness (↑ higher is better, ↓ lower is better); "
+            "mean ± std over seeds; `key` is the comparability key.")
+
+
+def to_markdown(board: DatasetBoard) -> str:
+    parts = [f"# {board.name}", "", _intro(board), "",
+             _md_table(_main_header(board), [_main_cells(board, r) for r in board.rows])]
+    stats = [f"### {r.method} / {r.extractor}\n\n"
+             + _md_table(["statistic", "value"], [[s, v.text()] for s, v in r.statistics.items()])
+             for r in board.rows if r.statistics]
+    tables = [f"### {r.method} / {r.extractor}: {name} (seed {r.table_seed})\n\n"
+              + _md_table(list(trows[0]), [[_cell(tr.get(c)) for c in trows[0]] for tr in trows])
+              for r in board.rows for name, trows in r.tables.items()]
+    if stats:
+        parts += ["", "## Method-reported statistics", "", "\n\n".join(stats)]
+    if tables:
+        parts += ["", "## Method tables", "", "\n\n".join(tables)]
+    if board.errors:
+        parts += ["", "## Failed cells", ""] + [f"- {e}" for e in board.errors]
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(boards: list[DatasetBoard]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "revision", "limit", "extractor", "method", "method_version", "preset",
+                     "comparability_key", "kind", "name", "mean", "std", "n_seeds"])
+    for b in boards:
+        for r in b.rows:
+            head = [b.name, b.revision, b.limit or "", r.extractor, r.method, r.version, r.preset, r.key]
+            for kind, values in (("metric", r.metrics), ("statistic", r.statistics)):
+                for name, v in values.items():
+                    if v.mean is not None:
+                        writer.writerow([*head, kind, name, f"{v.mean:.6g}", f"{v.std:.6g}", len(r.seeds)])
+    return buf.getvalue()
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str, tag: str) -> str:
+        parts = text.split("`")   # `code` spans of the Markdown cells
+        inner = "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+        return f"<{tag}>{inner}</{tag}>"
+
+    head = "".join(cell(h, "th") for h in header)
+    body = "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(board: DatasetBoard) -> str:
+    """One board as an HTML fragment (the report's leaderboard section); statistics, method tables
+    and failed cells fold into ``<details>``."""
+    esc = html.escape
+    parts = [f"<h3>{esc(board.name)}</h3>", f"<p>{esc(_intro(board))}</p>",
+             _html_table(_main_header(board), [_main_cells(board, r) for r in board.rows])]
+    stats = [r for r in board.rows if r.statistics]
+    if stats:
+        parts.append("<details><summary>Method-reported statistics</summary>")
+        for r in stats:
+            parts.append(f"<h5>{esc(r.method)} / {esc(r.extractor)}</h5>"
+                         + _html_table(["statistic", "value"], [[s, v.text()] for s, v in r.statistics.items()]))
+        parts.append("</details>")
+    if any(r.tables for r in board.rows):
+        parts.append("<details><summary>Method tables</summary>")
+        for r in board.rows:
+            for name, trows in r.tables.items():
+                parts.append(f"<h5>{esc(r.method)} / {esc(r.extractor)}: {esc(name)} (seed {r.table_seed})</h5>"
+                             + _html_table(list(trows[0]), [[_cell(tr.get(c)) for c in trows[0]] for tr in trows]))
+        parts.append("</details>")
+    if board.errors:
+        parts.append("<details><summary>Failed cells</summary><ul>"
+                     + "".join(f"<li>{esc(e)}</li>" for e in board.errors) + "</ul></details>")
+    return "\n".join(parts)
+
+
+def build(records: list[Record]) -> dict[str, str]:
+    """Records → {relative file name: content}: one Markdown page per dataset, an index and a CSV."""
+    boards = aggregate(records)
+    files = {f"{b.stem}.md": to_markdown(b) for b in boards}
+    index = ["# Leaderboards", "", "Generated by `bench leaderboard` from stored records; do not edit by hand.", "",
+             "| dataset | revision | rows |", "|---|---|---|"]
+    index += [f"| [{b.name}]({b.stem}.md) | `{b.revision}` | {len(b.rows)} |" for b in boards]
+    files["README.md"] = "\n".join(index) + "\n"
+    files["results.csv"] = to_csv(boards)
+    return files
+
+
+def write(results_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Regenerate ``out_dir`` from the records under ``results_dir``: (files written, unreadable records).
+
+    Pages of datasets that no longer have records are removed (only ``*.md`` pages this function
+    writes, never other files), so the folder always shows exactly the records."""
+    loaded = RunStore(results_dir).load()
+    files = build(loaded.records)
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        for old in out_dir.glob("*.md"):
+            if old.name not in files and old.read_text(encoding="utf-8", errors="replace").find(
+                    "Metrics are computed by the harness") >= 0:
+                old.unlink()
     written = []
     for name, text in files.items():
-        path = Path(out_dir) / name
+        path = out_dir / name
         write_atomic(path, text)
         written.append(path)
-    return written
+    return written, loaded.problems

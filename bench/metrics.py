@@ -7,6 +7,7 @@ NMI/AMI use scikit-learn with ``average_method="arithmetic"``; VI is in nats.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -25,15 +26,46 @@ PROBE_BLAS_THREADS = max(1, min(4, os.cpu_count() or 1))
 METRICS_VERSION = "1"
 AVERAGE_METHOD = "arithmetic"
 
-#: direction of every metric the harness reports (True: higher is better, None: descriptive)
-HIGHER_IS_BETTER: dict[str, bool | None] = {
-    "nmi": True, "ami": True, "ari": True, "vi": False, "nmi_random": None,
-    "group_nmi": None, "n_clusters": None,
-    "probe_acc": True, "probe_acc_backbone": True,
-    "dup_precision": True, "dup_recall": True, "dup_f1": True,
-    "score_between": None, "score_null": None, "null_over_between": False,
-    "fidelity_spearman": True,
-}
+@dataclass(frozen=True)
+class MetricInfo:
+    """One harness metric: its direction (True: higher is better, False: lower, None: descriptive),
+    whether the CLI's run summary shows it, and what it means (README, report)."""
+
+    name: str
+    higher_is_better: bool | None
+    description: str
+    summary: bool = False
+
+
+#: every metric the harness reports, in leaderboard column order (one registry: evaluator,
+#: leaderboard, CLI summary and report read it)
+METRICS: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("nmi", True, "normalised mutual information of the codes with the labels (arithmetic)", True),
+    MetricInfo("ami", True, "adjusted mutual information of the codes with the labels", True),
+    MetricInfo("ari", True, "adjusted Rand index of the codes with the labels"),
+    MetricInfo("vi", False, "variation of information between codes and labels, in nats"),
+    MetricInfo("nmi_random", None, "NMI of the same cluster sizes assigned at random (chance level)", True),
+    MetricInfo("n_clusters", None, "number of distinct codes"),
+    MetricInfo("probe_acc", True, "linear-probe accuracy of the method's representation", True),
+    MetricInfo("probe_acc_backbone", True, "linear-probe accuracy of the backbone features (reference)"),
+    MetricInfo("dup_precision", True, "precision of predicted near-duplicate pairs against the known ones", True),
+    MetricInfo("dup_recall", True, "recall of predicted near-duplicate pairs against the known ones", True),
+    MetricInfo("dup_f1", True, "F1 of predicted near-duplicate pairs"),
+    MetricInfo("fidelity_spearman", True, "Spearman correlation of the score with the true shift", True),
+    MetricInfo("score_between", None, "comparator score between the dataset's two sources", True),
+    MetricInfo("score_null", None, "comparator score between two disjoint halves of one source", True),
+    MetricInfo("null_over_between", False, "score_null / score_between (direction-adjusted)"),
+    MetricInfo("group_nmi", None, "NMI of the codes with the source groups"),
+)}
+
+#: direction of every metric the harness reports (derived from ``METRICS``)
+HIGHER_IS_BETTER: dict[str, bool | None] = {name: m.higher_is_better for name, m in METRICS.items()}
+
+
+def metric_order(names: set[str] | list[str]) -> list[str]:
+    """Registered metrics in registry order, then any others alphabetically."""
+    names = set(names)
+    return [m for m in METRICS if m in names] + sorted(names - set(METRICS))
 
 
 def entropy_nats(codes: np.ndarray) -> float:

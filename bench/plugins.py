@@ -20,7 +20,7 @@ from bench.registry import Registry
 
 ENTRY_POINT_GROUP = "bench"
 #: harness modules registered like any plugin (pytest's default_plugins)
-BUILTIN_PLUGINS = ("bench.datasets.builtin", "bench.extractors.builtin", "bench.baselines")
+BUILTIN_PLUGINS = ("bench.datasets.builtin", "bench.extractors.builtin", "bench.baselines", "bench.report_core")
 
 
 @dataclass
@@ -90,25 +90,67 @@ def load(strict: bool = False, entry_points: list[md.EntryPoint] | None = None) 
             continue
         infos.append(PluginInfo(ep.name, dist_name, dist_version, "ok", hooks=_hooks_of(pm, plugin)))
 
-    regs = Registries(Registry("method"), Registry("comparator"), Registry("dataset"),
-                      Registry("extractor"), Registry("expert"), infos, pm)
-    for hook, registry in (("bench_register_summarisers", regs.summarisers),
-                           ("bench_register_comparators", regs.comparators),
-                           ("bench_register_datasets", regs.datasets),
-                           ("bench_register_extractors", regs.extractors),
-                           ("bench_register_experts", regs.experts)):
-        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
-            try:
-                impl.function(registry)
-            except Exception as exc:
-                if strict or impl.plugin_name in BUILTIN_PLUGINS:
-                    raise
-                for info in infos:
-                    if info.name == impl.plugin_name:
-                        info.status, info.error = "error", f"{hook}: {type(exc).__name__}: {exc}"
-    for registry in (regs.summarisers, regs.comparators, regs.datasets, regs.extractors, regs.experts):
+    from bench.api import Comparator, Expert, Summariser
+
+    regs = Registries(Registry("method", base_cls=Summariser), Registry("comparator", base_cls=Comparator),
+                      Registry("dataset"), Registry("extractor"), Registry("expert", base_cls=Expert), infos, pm)
+    hooks = (("bench_register_summarisers", regs.summarisers), ("bench_register_comparators", regs.comparators),
+             ("bench_register_datasets", regs.datasets), ("bench_register_extractors", regs.extractors),
+             ("bench_register_experts", regs.experts))
+    # one plugin at a time, in load order (built-ins first): a plugin whose registration fails
+    # or collides with a name already taken is skipped whole, and `bench plugins` says why
+    for info in infos:
+        if info.status != "ok":
+            continue
+        plugin = pm.get_plugin(info.name)
+        staged: list[tuple[Registry, str]] = []
+        try:
+            for hook, registry in hooks:
+                before = set(registry.names())
+                registry.registering = info.name
+                try:
+                    _call_one(pm, hook, plugin, registry=registry)
+                finally:
+                    registry.registering = None
+                staged += [(registry, n) for n in set(registry.names()) - before]
+        except Exception as exc:  # a third-party plugin may fail in any way
+            for registry, n in staged:
+                registry.discard(n)
+            if strict or info.name in BUILTIN_PLUGINS:
+                raise
+            info.status, info.error = "error", f"{hook}: {first_line(exc)}; plugin skipped"
+            pm.unregister(plugin)
+    for _, registry in hooks:
         registry.freeze()
     return regs
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _call_one(pm: pluggy.PluginManager, hook: str, plugin: object, **kwargs):
+    """Call ``hook`` of ``plugin`` alone, through pluggy (so argument matching works as documented)."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    return pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+
+
+def call_each(pm: pluggy.PluginManager, hook: str, **kwargs):
+    """Call ``hook`` once per implementing plugin, isolated: yields (plugin name, result, exception).
+
+    Order: ``tryfirst`` implementations, then the rest in registration order (built-ins first),
+    then ``trylast``; one plugin that raises never stops the others."""
+    impls = getattr(pm.hook, hook).get_hookimpls()
+    ordered = ([i for i in reversed(impls) if i.tryfirst] + [i for i in impls if not (i.tryfirst or i.trylast)]
+               + [i for i in reversed(impls) if i.trylast])
+    for impl in ordered:
+        try:
+            result = _call_one(pm, hook, impl.plugin, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - isolated by design; the caller reports it
+            yield impl.plugin_name, None, exc
+            continue
+        yield impl.plugin_name, result[0] if isinstance(result, list) and len(result) == 1 else None, None
 
 
 def method_names(regs: Registries) -> list[str]:

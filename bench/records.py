@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import re
 import subprocess
 import sys
 from importlib import metadata
@@ -21,7 +19,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
-RECORD_NAME = re.compile(r"seed-?\d+\.json")
 
 
 class Metric(BaseModel):
@@ -37,6 +34,8 @@ class MethodInfo(BaseModel):
     dist_version: str = ""
     roles: list[str] = Field(default_factory=list)
     params: dict[str, Any] = Field(default_factory=dict)
+    #: run resources (workers, folders, memory limits): recorded, never part of any key
+    resources: dict[str, Any] = Field(default_factory=dict)
 
 
 class DatasetInfo(BaseModel):
@@ -50,6 +49,10 @@ class DatasetInfo(BaseModel):
 class FeatureInfo(BaseModel):
     extractor: str
     cache_key: dict[str, Any] = Field(default_factory=dict)
+    #: sha256 of the weights when given with ``--weights`` (part of the record path), else None
+    weights: str | None = None
+    #: extraction precision (fp32 | bf16 | fp16), part of the record path when not fp32
+    precision: str = "fp32"
 
 
 class Record(BaseModel):
@@ -92,39 +95,6 @@ def comparability_key(record: Record) -> str:
         "features": record.features.cache_key or record.features.extractor,
         "metrics": record.metrics_version,
     }, 16)
-
-
-def _safe(name: str) -> str:
-    return name.replace("/", "_").replace(":", "_")
-
-
-def record_path(root: Path, record: Record) -> Path:
-    """``{root}/{dataset}@{rev}/{extractor}/{method}@{ver}/{config_hash}/seed{n}.json``."""
-    return (Path(root) / f"{_safe(record.dataset.name)}@{record.dataset.revision}" / _safe(record.features.extractor)
-            / f"{_safe(record.method.name)}@{record.method.version}" / record.config_hash / f"seed{record.seed}.json")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def save(record: Record, root: Path) -> Path:
-    path = record_path(root, record)
-    write_atomic(path, record.model_dump_json(indent=1) + "\n")
-    return path
-
-
-def load_all(root: Path) -> list[Record]:
-    """Every record under ``root`` (sorted by path, so the order is deterministic)."""
-    return [Record.model_validate_json(p.read_text(encoding="utf-8"))
-            for p in sorted(Path(root).rglob("seed*.json")) if RECORD_NAME.fullmatch(p.name)]
 
 
 def environment() -> dict[str, str]:

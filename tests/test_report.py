@@ -23,9 +23,12 @@ from bench import records as R
 from bench.cli import main
 from bench.datasets import get_spec
 from bench.datasets import limit as limit_source
-from bench.report import ReportSection, RunData, build_report, markdown_html
-from bench.report_sections import _nfd, variation_of_information
-from bench.runner import Runner
+from bench.leaderboard import aggregate, to_html
+from bench.metrics import variation_of_information
+from bench.report import build_report
+from bench.reporting import ReportSection, RunData
+from bench.runstore import RunStore
+from bench_dna.report import _nfd
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -157,9 +160,10 @@ def _write(root: Path, method: str, src, extractor: str, *, roles=("summariser",
                    tables=tables or {}, metrics={"nmi": R.Metric(value=0.5, higher_is_better=True)})
     rec.config_hash = R.config_hash(rec.method, "quick")
     rec.comparability_key = R.comparability_key(rec)
-    path = R.save(rec, root)
+    store = RunStore(root)
+    path = store.save(rec)
     if artefacts:
-        Runner._save_artefacts(path, artefacts)   # the runner's own writer: same files as a real run
+        store.save_artefacts(path, artefacts)   # the runner's own writer: same files as a real run
     return path
 
 
@@ -293,8 +297,8 @@ def test_partly_unreadable_records_are_reported(crafted, regs, tmp_path):
     shutil.copytree(crafted, broken)
     (broken / "junk@1" / "x").mkdir(parents=True)
     (broken / "junk@1" / "x" / "seed3.json").write_text("{\"status\": ")
-    run = RunData.load(broken, regs=regs)
-    assert len(run.records) == len(R.load_all(crafted)) and len(run.problems) == 1
+    run = RunData.load(broken, datasets=regs.datasets)
+    assert len(run.records) == len(RunStore(crafted).load().records) and len(run.problems) == 1
     text = build_report(broken, regs=regs).read_text(encoding="utf-8")   # default: RUN_DIR/report.html
     assert "unreadable record junk@1/x/seed3.json" in _section_html(text, "leaderboard")
 
@@ -320,8 +324,12 @@ def test_nfd_is_the_frechet_distance_of_1d_gaussians():
     assert np.allclose(got, (mu_a - mu_b) ** 2 + (sd_a - sd_b) ** 2)
 
 
-def test_markdown_tables_and_folds():
-    out = markdown_html("# ds\n\ntext `k`\n\n| a | b |\n|---|---|\n| 1 | <x> |\n\n## more\n\n- item")
-    assert "<h3>ds</h3>" in out and "<code>k</code>" in out
-    assert "<th>a</th>" in out and "<td>&lt;x&gt;</td>" in out and "|---|" not in out
-    assert "<details><summary>more</summary>" in out and "<li>item</li>" in out and out.endswith("</details>")
+def test_leaderboard_html_escapes_and_folds():
+    rec = R.Record(method=R.MethodInfo(name="m<x>", version="1"), dataset=R.DatasetInfo(name="ds", revision="r", n=3),
+                   features=R.FeatureInfo(extractor="e"), seed=0, metrics={"nmi": R.Metric(value=0.5)},
+                   statistics={"k": 2.0}, tables={"t": [{"a": 1, "b": "<y>"}]})
+    bad = rec.model_copy(update={"seed": 1, "status": "error", "error": "boom `x`"})
+    out = to_html(aggregate([rec, bad])[0])
+    assert "<h3>ds</h3>" in out and "<td>m&lt;x&gt; 1</td>" in out and "<th>nmi ↑</th>" in out
+    assert "<td>&lt;y&gt;</td>" in out and "|---|" not in out
+    assert out.count("<details>") == 3 and "<li>`m&lt;x&gt;` / `e` seed 1: boom `x`</li>" in out

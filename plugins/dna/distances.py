@@ -68,19 +68,11 @@ def nfd_per_neuron(d1: GaussianDNA | LayerGaussianDNA, d2: GaussianDNA | LayerGa
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
-    """‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) with Tr(Σ1Σ2)^½ = Σ √λ(Σ1Σ2).
+    """The harness' Fréchet distance (:func:`bench.baselines.frechet_distance`, FID's formula) of
+    two Gaussians given as tensors on any device; computed in float64 on the CPU."""
+    from bench.baselines import frechet_distance as fd
 
-    The eigenvalues of a product of two PSD matrices are real and ≥ 0 in exact arithmetic;
-    ``eigvals`` (general, not ``eigvalsh``: the product is not symmetric) plus the complex
-    square root's real part gives the trace of the principal square root without ``sqrtm``.
-    """
-    dev = mu1.device
-    mu1, mu2 = mu1.to(torch.float64), mu2.to(device=dev, dtype=torch.float64)
-    s1, s2 = sigma1.to(device=dev, dtype=torch.float64), sigma2.to(device=dev, dtype=torch.float64)
-    diff = mu1 - mu2
-    eig = torch.linalg.eigvals(s1 @ s2)
-    tr_sqrt = torch.sqrt(eig).real.sum()
-    return float(diff @ diff + torch.trace(s1) + torch.trace(s2) - 2.0 * tr_sqrt)
+    return fd(*(t.detach().to("cpu", torch.float64).numpy() for t in (mu1, sigma1, mu2, sigma2)))
 
 
 def fd_per_layer(d1: LayerGaussianDNA, d2: LayerGaussianDNA) -> dict[str, float]:

@@ -19,9 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.api import DataView
 from bench.errors import BenchError
-from bench.features import FeatureStore
+from bench.factory import create_view
 
 from .distances import distance
 from .dna import build_from_view, compute_ranges
@@ -45,14 +44,8 @@ def shift_ladder(extractor: str = "tiny-vit", seed: int = 0, **params) -> dict:
 
     ext, regs = _extractor(extractor)
     spec = regs.datasets.get("synth-shift")
-    store = FeatureStore(None)
-
-    def make_view(source):
-        return DataView(source, ext, store, batch_size=64)
-
     comp = DNAComparator(**{**DNAComparator.quick_params, **params})
-    out, detail = evaluate_comparator(comp, make_view(spec.load(seed=seed)), seed=seed, spec=spec,
-                                      make_view=make_view)
+    out, detail = evaluate_comparator(comp, create_view(spec.load(seed=seed), ext), seed=seed, spec=spec)
     return {**out, **detail}
 
 
@@ -62,7 +55,7 @@ def person_selection(extractor: str = "tiny-vit", *, layers: Sequence[str] = ("p
     """Spearman of DNA distance with the person share of test sets: all neurons vs selected ones."""
     ext, regs = _extractor(extractor)
     src = regs.datasets.get("synth-passnet").load(seed=0)
-    view = DataView(src, ext, FeatureStore(None), batch_size=64)
+    view = create_view(src, ext)
     layers = list(layers)
     person = src.concepts[:, src.concept_names.index(concept)].astype(bool)
     is_scene = np.asarray(src.notes["is_scene"], dtype=bool)          # both sources mix the two kinds

@@ -380,3 +380,11 @@ def bench_register_comparators(registry):
 
 
 __all__ = ["KINDS", "DNAComparator", "DNASummariser"]
+
+
+@bench.hookimpl
+def bench_report_sections(run):
+    """This plugin's section of ``bench report`` (None when the run has no dna record)."""
+    from .report import dna_section
+
+    return dna_section(run)

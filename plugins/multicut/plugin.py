@@ -13,3 +13,11 @@ def bench_register_summarisers(registry):
 @bench.hookimpl
 def bench_register_comparators(registry):
     registry.add("multicut", "bench_multicut.method:MulticutComparator")
+
+
+@bench.hookimpl
+def bench_report_sections(run):
+    """This plugin's section of ``bench report`` (None when the run has no multicut record)."""
+    from .report import multicut_section
+
+    return multicut_section(run)

@@ -79,6 +79,9 @@ class _ProtoSimBase:
 
     requires: ClassVar[frozenset[str]] = frozenset({"images"})
     quick_params: ClassVar[dict[str, Any]] = QUICK_PARAMS
+    #: run resources: recorded, but never part of the comparability key (an I/O choice must not split rows)
+    resources: ClassVar[frozenset[str]] = frozenset({"num_workers", "memory_limit_gb", "checkpoint_dir",
+                                                     "resume", "figures_dir"})
 
     def __init__(
         self, *,

@@ -13,3 +13,11 @@ def bench_register_summarisers(registry) -> None:
 @bench.hookimpl
 def bench_register_comparators(registry) -> None:
     registry.add("protosim", "bench_protosim.method:ProtoSimComparator", origin="bench_protosim")
+
+
+@bench.hookimpl
+def bench_report_sections(run):
+    """This plugin's section of ``bench report`` (None when the run has no protosim record)."""
+    from .report import protosim_section
+
+    return protosim_section(run)

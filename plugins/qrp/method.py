@@ -127,9 +127,7 @@ class QRP(Summariser):
     # -- concepts ---------------------------------------------------------------------------
     def concept_groups(self, data: DataView) -> list[tuple[str, ConceptGroup]]:
         """(expert name, group) pairs from the named experts, validated; in expert order."""
-        from bench import plugins
-
-        registry = plugins.load().experts
+        registry = data.experts if data.experts is not None else _own_experts()
         params = self.expert_params or {}
         names = self._expert_names()
         unknown = set(params) - set(names)
@@ -266,3 +264,14 @@ class QRP(Summariser):
         # embedding = the extractor's features, so the harness' forward linear probe
         # (probe_acc / probe_acc_backbone) stands beside the reverse probe, as in paper Table 2
         return Summary(codes=all_codes[0].astype(np.int64), embedding=feats, statistics=stats, artefacts=artefacts)
+
+
+def _own_experts():
+    """QRP's own experts, for a view made without the run's expert registry (tests, notebooks)."""
+    from bench.registry import Registry
+
+    from .plugin import bench_register_experts
+
+    registry = Registry("expert")
+    bench_register_experts(registry)
+    return registry

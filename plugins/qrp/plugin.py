@@ -14,3 +14,11 @@ def bench_register_summarisers(registry):
 def bench_register_experts(registry):
     registry.add("ground-truth", "bench_qrp.experts:GroundTruthExpert")
     registry.add("clip-zeroshot", "bench_qrp.experts:ClipZeroShotExpert")
+
+
+@bench.hookimpl
+def bench_report_sections(run):
+    """This plugin's section of ``bench report`` (None when the run has no qrp record)."""
+    from .report import qrp_section
+
+    return qrp_section(run)

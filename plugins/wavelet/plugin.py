@@ -13,3 +13,11 @@ def bench_register_summarisers(registry):
 @bench.hookimpl
 def bench_register_comparators(registry):
     registry.add("wavelet", "bench_wavelet.methods:WaveletComparator", origin="bench_wavelet.plugin")
+
+
+@bench.hookimpl
+def bench_report_sections(run):
+    """This plugin's section of ``bench report`` (None when the run has no wavelet record)."""
+    from .report import wavelet_section
+
+    return wavelet_section(run)

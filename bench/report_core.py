@@ -1,0 +1,183 @@
+"""The core sections of ``bench report`` (leaderboard, dataset samples, comparator fidelity and
+null-vs-between scores), registered as a built-in plugin through the same
+``bench_report_sections`` hook a third-party plugin uses (datasette's default plugins).
+Method-specific sections live in their plugins."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from bench import records as R
+from bench.hookspecs import hookimpl
+from bench.reporting import (
+    ReportSection,
+    RunData,
+    class_of,
+    dataset_title,
+    esc,
+    first_by_cell,
+    group_of,
+    img_html,
+    new_figure,
+    note_failed,
+    table_html,
+)
+
+#: sample images per group / class row
+TOP = 8
+
+
+@hookimpl(tryfirst=True)
+def bench_report_sections(run: RunData) -> list[ReportSection]:
+    makers = (leaderboard_section, datasets_section, fidelity_section, comparator_section)
+    return [s for s in (make(run) for make in makers) if s is not None]
+
+
+# --------------------------------------------------------------------------- leaderboard
+
+
+def leaderboard_section(run: RunData) -> ReportSection:
+    from bench import leaderboard
+
+    sec = ReportSection("Leaderboard", key="leaderboard")
+    for p in run.problems:
+        sec.note(p)
+    parts = ['<p class="small">The run\'s records through <code>bench.leaderboard</code> (the same tables '
+             "<code>bench leaderboard</code> writes); method statistics and tables fold out below each "
+             "dataset.</p>"]
+    parts += [leaderboard.to_html(board) for board in leaderboard.aggregate(run.records)]
+    n_err = sum(r.status != "ok" for r in run.records)
+    if n_err:
+        sec.note(f"{n_err} of {len(run.records)} cells failed; their errors are listed under 'Failed cells'")
+    sec.html = "\n".join(parts)
+    return sec
+
+
+# --------------------------------------------------------------------------- dataset samples
+
+
+def datasets_section(run: RunData) -> ReportSection:
+    sec = ReportSection("Datasets", key="datasets")
+    seen: dict[tuple, R.Record] = {}
+    for r in run.records:
+        seen.setdefault((r.dataset.name, r.dataset.revision, r.dataset.limit), r)
+    parts = []
+    for rec in seen.values():
+        src = run.source(rec)
+        lim = f", limited to {rec.dataset.limit}" if rec.dataset.limit else ""
+        parts.append(f"<h3>{esc(rec.dataset.name)}</h3><p class='small'>{rec.dataset.n} images{esc(lim)}, "
+                     f"revision <code>{esc(rec.dataset.revision)}</code></p>")
+        if src is None:
+            sec.note(f"{rec.dataset.name}: sample images not drawn: {run.source_note(rec)}")
+            continue
+        rows = []
+        if src.groups is not None and len(np.unique(src.groups)) > 1:
+            for g in np.unique(src.groups)[:TOP]:
+                idx = np.flatnonzero(src.groups == g)
+                step = max(1, len(idx) // 12)
+                rows.append((f"group {group_of(src, int(idx[0]))} ({len(idx)})", idx[::step].tolist()))
+        if src.labels is not None:
+            for lab in np.unique(src.labels)[:12]:
+                idx = np.flatnonzero(src.labels == lab)
+                rows.append((f"class {class_of(src, int(idx[0]))} ({len(idx)})", idx[:12].tolist()))
+        if not rows:
+            rows = [("images", list(range(min(src.n, 12))))]
+        img = run.montage(rec, rows)
+        if img is not None:
+            parts.append(img_html(img, f"{rec.dataset.name}: sample images per group / class"))
+    sec.html = "\n".join(parts)
+    return sec
+
+
+# --------------------------------------------------------------------------- comparators
+
+
+def fidelity_section(run: RunData) -> ReportSection | None:
+    """Every comparator's score against the true mixing proportion, one plot per ladder dataset."""
+    recs = [r for r in run.records if "comparator" in r.method.roles]
+    ladders = [r for r in recs if r.tables.get("fidelity_ladder")]
+    if not ladders:
+        shift = [r for r in recs if r.dataset.name == "synth-shift"]
+        if not shift:
+            return None
+        sec = ReportSection("Fidelity curves: score vs true shift", key="fidelity")
+        note_failed(sec, shift)
+        sec.note("no comparator record on synth-shift holds a fidelity ladder")
+        return sec
+    sec = ReportSection("Fidelity curves: score vs true shift", key="fidelity")
+    note_failed(sec, [r for r in recs if r.dataset.name == "synth-shift" or r.tables.get("fidelity_ladder")])
+    by_ds: dict[tuple, dict[tuple, list[R.Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in ladders:
+        by_ds[(r.dataset.name, r.dataset.revision, r.dataset.limit)][(r.method.name, r.features.extractor,
+                                                                      r.config_hash)].append(r)
+    parts = ['<p class="small">Score of each comparator between the reference and a mix with the true '
+             "proportion p of shifted images. Scores have different units, so each curve is scaled to its "
+             "own ends, (s(p) − s(0)) / (s(1) − s(0)): a faithful comparator rises monotonically from 0 to 1 "
+             "whatever its direction. Raw scores in the table; ρ = the harness' fidelity_spearman.</p>"]
+    for (dname, _, lim), cells in by_ds.items():
+        fig = new_figure(6.4, 3.8)
+        ax = fig.add_subplot()
+        raw_rows: dict[float, dict[str, Any]] = {}
+        for (method, extractor, _), rs in sorted(cells.items()):
+            ladder = defaultdict(list)
+            for r in rs:
+                for step in r.tables["fidelity_ladder"]:
+                    if step.get("score") is not None:
+                        ladder[float(step["proportion"])].append(float(step["score"]))
+            if not ladder:
+                sec.note(f"{method} / {extractor} on {dname}: the ladder holds no finite score")
+                continue
+            props = np.array(sorted(ladder))
+            scores = np.array([np.mean(ladder[p]) for p in props])
+            span = scores[-1] - scores[0]
+            if not np.isfinite(span) or abs(span) < 1e-12:
+                span = (scores.max() - scores.min()) or 1.0
+            rho = [r.metrics["fidelity_spearman"].value for r in rs if "fidelity_spearman" in r.metrics]
+            rho = [v for v in rho if v is not None]
+            rho_txt = f", ρ={np.mean(rho):.2f}" if rho else ""
+            name = f"{method} / {extractor}"
+            ax.plot(props, (scores - scores[0]) / span, marker="o", ms=3, label=f"{name}{rho_txt}")
+            for p, s in zip(props, scores):
+                raw_rows.setdefault(float(p), {"proportion": float(p)})[name] = float(s)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="ideal (linear)")
+        ax.set_xlabel("true proportion of shifted images")
+        ax.set_ylabel("score, scaled to its ends")
+        ax.set_title(dataset_title(dname, lim))
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        parts.append(img_html(fig, f"{dname}: fidelity of every comparator (score vs true proportion)"))
+        parts.append("<details><summary>raw scores</summary>"
+                     + table_html([raw_rows[p] for p in sorted(raw_rows)]) + "</details>")
+    sec.html = "\n".join(parts)
+    return sec
+
+
+def comparator_section(run: RunData) -> ReportSection | None:
+    """Null vs between scores of comparators on datasets without a ladder."""
+    recs = [r for r in run.ok_records if "comparator" in r.method.roles
+            and not r.tables.get("fidelity_ladder") and "score_null" in r.metrics]
+    if not recs:
+        return None
+    sec = ReportSection("Comparator scores: null vs between", key="comparators")
+    by_ds: dict[tuple, list[R.Record]] = defaultdict(list)
+    for r in first_by_cell(recs):
+        by_ds[(r.dataset.name, r.dataset.limit)].append(r)
+    parts = ['<p class="small">Each comparator on two random halves of one dataset (null: same distribution) '
+             "and on its two groups / class halves (between). A useful score separates the bars.</p>"]
+    for (dname, lim), rs in by_ds.items():
+        fig = new_figure(min(2.0 + 1.6 * len(rs), 12), 2.8)
+        axes = fig.subplots(1, len(rs), squeeze=False)[0]
+        for ax, r in zip(axes, rs):
+            vals = [r.metrics[k].value if k in r.metrics else None for k in ("score_null", "score_between")]
+            ax.bar(["null", "between"], [v if v is not None else 0.0 for v in vals],
+                   color=["#9aa5b1", "#2457a6"])
+            ax.set_title(f"{r.method.name} / {r.features.extractor}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        parts.append(img_html(fig, dataset_title(dname, lim) + ": comparator scores"))
+    sec.html = "\n".join(parts)
+    return sec
+
+
