@@ -75,7 +75,7 @@ def _setting(text: str):
 def _nproc(text: str) -> str:
     if text == "auto" or (text.isdigit() and int(text) >= 1):
         return text
-    raise argparse.ArgumentTypeError(f"--nproc-per-node takes a positive integer or auto, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -139,7 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:   # argparse's one-line error (exit 2), --help or --version (0)
+        return int(exc.code or 0)
     args.argv = argv
     logging.basicConfig(level=os.environ.get("BENCH_LOG", "WARNING"))
     if args.command is None:
@@ -229,10 +232,14 @@ def _run(args) -> int:
                   f"{','.join(map(str, cfg.seeds))}")
     results = runner.run()
     _print_summary(results)
-    n_err = sum(r.record.status == "error" for r in results)
-    console.print(f"{len(results)} cells ({sum(r.skipped for r in results)} resumed, {n_err} failed); "
+    failed = [r.record for r in results if r.record.status == "error"]
+    console.print(f"{len(results)} cells ({sum(r.skipped for r in results)} resumed, {len(failed)} failed); "
                   f"records in {cfg.out}/ · tables: bench leaderboard {cfg.out}")
-    return 1 if n_err else 0
+    for rec in failed:
+        err_console.print(f"[bold red]error:[/] {escape(rec.method.name)} on {escape(rec.dataset.name)} seed "
+                          f"{rec.seed}: {escape(rec.error or '')}")
+    # exit 1: a method crashed (a bug; traceback beside its record); 2: a cell's input was bad
+    return 1 if any(r.error_kind == "crash" for r in failed) else 2 if failed else 0
 
 
 def _print_summary(results) -> None:

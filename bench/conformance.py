@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.api import Comparator, Comparison, DataView, Summariser
+from bench.api import Comparator, Comparison, DataView, Summariser, tags_of
 from bench.errors import BenchError
 from bench.evaluate import validate_summary
 
@@ -31,18 +31,18 @@ def default_view(extractor: str = "tiny-vit") -> DataView:
     """A 60-image tiny dataset (32×32) through ``extractor`` (pixels if it is not registered)."""
     from bench import plugins
     from bench.extractors.pixels import PixelsExtractor
-    from bench.features import FeatureStore
+    from bench.factory import create_view
     from bench.testing import make_tiny_source
 
     source = make_tiny_source(60, size=32)
     regs = plugins.load()
     ext = regs.extractors.get(extractor)() if extractor in regs.extractors else PixelsExtractor(size=16)
-    return DataView(source, ext, FeatureStore(None), batch_size=32)
+    return create_view(source, ext, batch_size=32)
 
 
 def _new(cls: type, params: dict) -> object:
     obj = cls()
-    obj.set_params(**getattr(cls, "quick_params", {}))
+    obj.set_params(**tags_of(cls).quick_params)
     obj.set_params(**params)
     return obj
 
@@ -57,6 +57,7 @@ def summariser_checks(cls: type[Summariser], view: DataView, params: dict) -> li
     def check_class_attributes():
         assert isinstance(cls.name, str) and cls.name, "class attribute `name` must be a non-empty str"
         assert isinstance(cls.version, str) and cls.version, "class attribute `version` must be a non-empty str"
+        tags_of(cls)   # typed tags: requires, distributed, quick_params, resources
 
     def check_params_round_trip():
         obj = _new(cls, params)
@@ -107,7 +108,7 @@ def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> li
 
     def check_class_attributes():
         assert isinstance(cls.name, str) and cls.name, "class attribute `name` must be a non-empty str"
-        assert isinstance(cls.larger_is_more_different, bool), "larger_is_more_different must be a bool"
+        tags_of(cls)   # typed tags, including the score direction larger_is_more_different
 
     def check_returns_finite_comparison():
         res = _new(cls, params).compare(a, b, seed=0)

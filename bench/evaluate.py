@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench import distributed
 from bench import metrics as M
 from bench.api import Comparator, DataView, Summary
 from bench.datasets.base import DatasetSpec
@@ -116,10 +117,11 @@ def comparison_pairs(view: DataView, seed: int) -> tuple[tuple[np.ndarray, np.nd
 
 
 def _score(comparator: Comparator, a: DataView, b: DataView, seed: int):
-    """One comparison; a NaN or infinite score is an error, never a number on the leaderboard."""
+    """One comparison; a NaN or infinite score is an error, never a number on the leaderboard.
+    (Under torchrun a rank > 0 of a distributed comparator returns NaN by contract: rank 0 scores.)"""
     result = comparator.compare(a, b, seed=seed)
     score = float(result.score)
-    if not np.isfinite(score):
+    if not np.isfinite(score) and distributed.context().is_main:
         raise DataError(f"{comparator.name or type(comparator).__name__}: the comparison score is {score} "
                         f"({a.name}, {len(a)} vs {len(b)} images)")
     return result, score

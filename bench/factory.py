@@ -136,7 +136,7 @@ def coerce(cls: type, param: str, text: str, *, method: str) -> Any:
     """The value of ``--set method.param=text`` for ``cls``'s constructor, or ONE line saying why not."""
     valid = cls._param_names()
     if param not in valid:
-        raise BenchError(f"--set {method}.{param}: {method} has no parameter {param!r}; "
+        raise BenchError(f"--set {method}.{param}: unknown parameter {param!r} of {method}; "
                          f"valid parameters: {', '.join(sorted(valid))}")
     tp = _annotation(cls, param)
     value = _json_or_text(text)

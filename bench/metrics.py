@@ -75,7 +75,10 @@ def entropy_nats(codes: np.ndarray) -> float:
 
 
 def variation_of_information(a: np.ndarray, b: np.ndarray) -> float:
-    """VI(a, b) = H(a) + H(b) − 2 I(a; b), in nats (Meilă 2007)."""
+    """VI(a, b) = H(a|b) + H(b|a) = H(a) + H(b) − 2 I(a; b), in nats (Meilă 2007), on raw ids."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise DataError(f"VI needs clusterings of the same images, got {a.shape} and {b.shape}")
     mi = skm.mutual_info_score(a, b)
     return max(0.0, entropy_nats(a) + entropy_nats(b) - 2.0 * mi)
 

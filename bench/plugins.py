@@ -90,10 +90,11 @@ def load(strict: bool = False, entry_points: list[md.EntryPoint] | None = None) 
             continue
         infos.append(PluginInfo(ep.name, dist_name, dist_version, "ok", hooks=_hooks_of(pm, plugin)))
 
-    from bench.api import Comparator, Expert, Summariser
+    from bench.api import Comparator, Expert, Summariser, tags_of
 
-    regs = Registries(Registry("method", base_cls=Summariser), Registry("comparator", base_cls=Comparator),
-                      Registry("dataset"), Registry("extractor"), Registry("expert", base_cls=Expert), infos, pm)
+    regs = Registries(Registry("method", base_cls=Summariser, check=tags_of),
+                      Registry("comparator", base_cls=Comparator, check=tags_of), Registry("dataset"),
+                      Registry("extractor"), Registry("expert", base_cls=Expert), infos, pm)
     hooks = (("bench_register_summarisers", regs.summarisers), ("bench_register_comparators", regs.comparators),
              ("bench_register_datasets", regs.datasets), ("bench_register_extractors", regs.extractors),
              ("bench_register_experts", regs.experts))
@@ -110,9 +111,9 @@ def load(strict: bool = False, entry_points: list[md.EntryPoint] | None = None) 
                 registry.registering = info.name
                 try:
                     _call_one(pm, hook, plugin, registry=registry)
-                finally:
+                finally:   # what it added before failing is taken back too
                     registry.registering = None
-                staged += [(registry, n) for n in set(registry.names()) - before]
+                    staged += [(registry, n) for n in set(registry.names()) - before]
         except Exception as exc:  # a third-party plugin may fail in any way
             for registry, n in staged:
                 registry.discard(n)

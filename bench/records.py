@@ -59,6 +59,9 @@ class Record(BaseModel):
     schema_version: int = SCHEMA_VERSION
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
+    #: why a cell failed: ``input`` (a one-line BenchError: bad data or parameters; exit 2) or
+    #: ``crash`` (an unexpected exception in a method, traceback beside the record; exit 1)
+    error_kind: Literal["input", "crash"] | None = None
     method: MethodInfo
     dataset: DatasetInfo
     features: FeatureInfo

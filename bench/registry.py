@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from bench.errors import BenchError, UnknownNameError
@@ -22,9 +22,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Name → value. Values may be given lazily as ``"package.module:attr"``."""
 
-    def __init__(self, kind: str, *, base_cls: type | None = None):
+    def __init__(self, kind: str, *, base_cls: type | None = None, check: Callable[[type], object] | None = None):
         self.kind = kind
         self.base_cls = base_cls
+        #: further validation of a class (e.g. ``bench.api.tags_of``); raises BenchError
+        self.check = check
         self._items: dict[str, T | str] = {}
         self._origin: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -58,9 +60,8 @@ class Registry(Generic[T]):
         if not (isinstance(value, type) and issubclass(value, self.base_cls)):
             raise BenchError(f"{self.kind} {name!r}: {value!r} is not a subclass of "
                              f"{self.base_cls.__module__}.{self.base_cls.__qualname__}")
-        from bench.api import tags_of
-
-        tags_of(value)   # malformed capability tags fail here, not mid-grid
+        if self.check is not None:
+            self.check(value)   # e.g. malformed capability tags fail here, not mid-grid
 
     def discard(self, name: str) -> None:
         """Remove ``name`` (a plugin skipped after a failed registration takes its names back)."""

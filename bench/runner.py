@@ -40,7 +40,7 @@ from bench.runstore import RunStore, artefact_dir, jsonable
 
 log = logging.getLogger("bench")
 
-__all__ = ["CellResult", "RunConfig", "Runner"]
+__all__ = ["CellResult", "RunConfig", "Runner", "split_params"]
 
 
 @dataclass
@@ -74,6 +74,18 @@ def _file_sha256(path: str) -> str:
             for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def split_params(methods) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(science parameters, run resources) of a method's role objects, JSON-ready. Only the first
+    enter the config hash and the comparability key (:attr:`bench.api.Tags.resources`)."""
+    params: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    for obj in methods:
+        spare = tags_of(type(obj)).resources
+        for k, v in obj.get_params().items():
+            (resources if k in spare else params)[k] = jsonable(v)
+    return params, resources
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -147,12 +159,7 @@ class Runner:
     def _base_record(self, cell: Cell, source: ImageSource, extractor, roles, preset: str) -> records.Record:
         first = next(iter(roles.values()))
         dist, dist_version = _distribution_of(type(first))
-        params: dict[str, Any] = {}
-        resources: dict[str, Any] = {}
-        for obj in roles.values():
-            spare = tags_of(type(obj)).resources
-            for k, v in obj.get_params().items():
-                (resources if k in spare else params)[k] = jsonable(v)
+        params, resources = split_params(roles.values())
         spec = self.plan.specs[cell.dataset]
         rec = records.Record(
             method=records.MethodInfo(name=cell.method, version=str(first.version), distribution=dist,
@@ -257,9 +264,9 @@ class Runner:
             step()
             return True
         except BenchError as exc:
-            rec.status, rec.error = "error", str(exc)
+            rec.status, rec.error, rec.error_kind = "error", str(exc), "input"
         except Exception as exc:  # noqa: BLE001 - a method bug must not end the grid
-            rec.status, rec.error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0]
+            rec.status, rec.error, rec.error_kind = "error", f"{type(exc).__name__}: {exc}".splitlines()[0], "crash"
             log_path = self.runs.save_traceback(path, traceback.format_exc())
             rec.error += f" (traceback: {log_path})"
         return False

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from bench.api import DataView
 from bench.datasets.base import ImageSource, content_revision
 from bench.extractors.pixels import PixelsExtractor
-from bench.features import FeatureStore
+from bench.factory import create_view
 
 #: marks tests that start two gloo processes with torchrun (plugins' DDP tests too)
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -47,7 +47,7 @@ def make_tiny_source(n: int = 60, *, n_classes: int = 3, size: int = 16, seed: i
 
 
 def make_tiny_view(n: int = 60, **kwargs) -> DataView:
-    return DataView(make_tiny_source(n, **kwargs), PixelsExtractor(size=8), FeatureStore(None))
+    return create_view(make_tiny_source(n, **kwargs), PixelsExtractor(size=8))
 
 
 @pytest.fixture

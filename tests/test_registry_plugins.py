@@ -33,7 +33,9 @@ def _ep(name, value):
 def test_broken_plugin_is_reported_not_fatal(monkeypatch):
     good = types.ModuleType("bench_test_good")
 
-    class Dummy:
+    from bench.api import Summariser
+
+    class Dummy(Summariser):
         name, version = "dummy-test", "1"
 
     @hookimpl

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from bench_dna.report import _nfd
 
 import bench
 from bench import plugins
@@ -28,7 +29,6 @@ from bench.metrics import variation_of_information
 from bench.report import build_report
 from bench.reporting import ReportSection, RunData
 from bench.runstore import RunStore
-from bench_dna.report import _nfd
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

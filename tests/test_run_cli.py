@@ -1,6 +1,7 @@
 """`bench run` end to end on the embedded datasets, resume, bad input, leaderboard."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +9,14 @@ import pytest
 
 from bench import leaderboard, records
 from bench.cli import main
+from bench.runstore import RECORD_NAME, RunStore
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _records(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(root.rglob("seed*.json"))
-            if records.RECORD_NAME.fullmatch(p.name)]
+            if RECORD_NAME.fullmatch(p.name)]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,9 @@ def test_run_writes_records_and_beats_chance(default_run, capsys):
     recs = _records(out)
     assert len(recs) == 4 and all(r["status"] == "ok" for r in recs)
     for r in recs:
-        assert r["comparability_key"] and r["git"] and r["environment"]["torch"]
+        assert re.fullmatch(r"[0-9a-f]{16}", r["comparability_key"]) and r["environment"]["torch"]
+        if (REPO / ".git").exists():   # a source checkout: the record names its commit
+            assert re.fullmatch(r"[0-9a-f]{40}", r["git"]["hash"]) and isinstance(r["git"]["dirty"], bool)
         if r["method"]["name"] == "kmeans":
             assert r["metrics"]["nmi"]["value"] > r["metrics"]["nmi_random"]["value"] + 0.1
             assert r["metrics"]["probe_acc"]["higher_is_better"] is True
@@ -53,8 +57,8 @@ def test_resume_skips_finished_cells_and_redoes_missing(default_run, capsys):
 
 def test_leaderboard_is_pure_and_deterministic(default_run, tmp_path):
     _, out = default_run
-    a = leaderboard.build(records.load_all(out))
-    b = leaderboard.build(list(reversed(records.load_all(out))))
+    a = leaderboard.build(RunStore(out).load().records)
+    b = leaderboard.build(list(reversed(RunStore(out).load().records)))
     assert a == b and "synth-passnet.md" in a and "results.csv" in a
     assert main(["leaderboard", str(out), "-o", str(tmp_path / "lb")]) == 0
     assert (tmp_path / "lb" / "synth-passnet.md").read_text() == a["synth-passnet.md"]
@@ -62,7 +66,7 @@ def test_leaderboard_is_pure_and_deterministic(default_run, tmp_path):
 
 def test_leaderboard_never_mixes_comparability_keys(default_run):
     _, out = default_run
-    recs = [r for r in records.load_all(out) if r.method.name == "kmeans" and r.dataset.name == "digits"]
+    recs = [r for r in RunStore(out).load().records if r.method.name == "kmeans" and r.dataset.name == "digits"]
     other = recs[0].model_copy(deep=True)
     other.method.params = {**other.method.params, "k": 3}
     other.comparability_key = records.comparability_key(other)
@@ -72,7 +76,7 @@ def test_leaderboard_never_mixes_comparability_keys(default_run):
 
 def test_committed_leaderboard_regenerates_byte_for_byte():
     committed = REPO / "leaderboards"
-    files = leaderboard.build(records.load_all(committed / "records"))
+    files = leaderboard.build(RunStore(committed / "records").load().records)
     for name, text in files.items():
         assert (committed / name).read_text(encoding="utf-8") == text, f"leaderboards/{name} is stale"
 
@@ -95,12 +99,11 @@ def test_bad_input_is_one_line(args, message, capsys, tmp_path):
     code = main(args + ["--out", str(tmp_path / "r")] if args[0] == "run" else args)
     captured = capsys.readouterr()
     text = captured.out + captured.err
-    if code == 1:  # a failed cell: the error is in the record and in the summary table
-        rec = _records(tmp_path / "r")[0]
-        assert message in rec["error"] and "\n" not in rec["error"]
-    else:
-        assert code == 2
-        assert message in text and "Traceback" not in text
+    assert code == 2
+    assert message in text and "Traceback" not in text
+    failed = _records(tmp_path / "r") if (tmp_path / "r").exists() else []
+    for rec in failed:   # a cell whose input was bad (K > N): the grid finished, the record says why
+        assert rec["status"] == "error" and rec["error_kind"] == "input" and message in rec["error"]
 
 
 def test_interrupted_run_resumes(tmp_path, monkeypatch):
@@ -137,7 +140,7 @@ def test_nan_features_fail_the_cell_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(PixelsExtractor, "forward", nan_forward)
     code = main(["run", "--methods", "kmeans", "--datasets", "digits", "--extractor", "pixels", "--no-cache",
                  "--out", str(tmp_path), "--no-progress"])
-    assert code == 1
+    assert code == 2
     (rec,) = _records(tmp_path)
     assert rec["status"] == "error" and "NaN" in rec["error"]
 

@@ -13,6 +13,7 @@ from scipy.stats import entropy
 from sklearn.metrics import mutual_info_score
 
 from bench.errors import DataError
+from bench.metrics import variation_of_information
 
 
 def cluster_sizes(codes: np.ndarray) -> np.ndarray:
@@ -67,19 +68,6 @@ def largest_clusters(codes: np.ndarray, labels: np.ndarray | None = None,
 
 
 # ----------------------------------------------------------------------------- VI
-
-
-def _entropy(codes: np.ndarray) -> float:
-    _, counts = np.unique(codes, return_counts=True)
-    return float(entropy(counts))          # natural log
-
-
-def variation_of_information(a: np.ndarray, b: np.ndarray) -> float:
-    """VI(a, b) = H(a|b) + H(b|a) = H(a) + H(b) − 2 I(a; b), in **nats**, on raw cluster ids."""
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape:
-        raise DataError(f"VI needs clusterings of the same images, got {a.shape} and {b.shape}")
-    return max(0.0, _entropy(a) + _entropy(b) - 2.0 * float(mutual_info_score(a, b)))
 
 
 def variation_of_information_matrix(codes_by_extractor: Mapping[str, Any]) -> tuple[list[str], np.ndarray]:
