@@ -57,16 +57,38 @@ class Summary:
 
 
 @dataclass
+class Finding:
+    """One thing a comparator found that differs between A and B, in a form the report draws
+    without knowing the method (``bench compare``'s "what differs").
+
+    title:  what it is, e.g. "prototypes specific to A", "layers that differ most".
+    side:   "a", "b" or None when it concerns both.
+    rows:   a table (JSON-able dicts), most important first.
+    images: labelled rows of images, ``(label, side, indices)`` with ``side`` "a" or "b" and
+            indices positions in that view, e.g. a prototype's top images or a duplicate pair.
+    figures: named (H, W, 3) uint8 pictures the method drew itself (e.g. attention maps).
+    """
+
+    title: str
+    side: str | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    images: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    figures: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
 class Comparison:
     """A dataset-difference score between two DataViews.
 
     ``score`` is a difference: by convention larger means more different, unless the
-    comparator sets ``larger_is_more_different = False`` on its class.
+    comparator sets ``larger_is_more_different = False`` on its class. ``findings`` say what
+    differs (:class:`Finding`); the harness records and reports them for ``bench compare``.
     """
 
     score: float
     detail: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, float] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -190,6 +212,8 @@ class Tags:
     quick_params: CPU-sized parameter overrides for ``--preset quick``.
     resources:   constructor parameters that are run resources (workers, folders, memory
                  limits): recorded, never part of the comparability key.
+    null_draws, null_kind: a comparator's default null for ``bench compare`` (see Comparator).
+    supports_summary: a comparator implements ``summarise`` / ``compare_summary``.
     """
 
     requires: frozenset[str]
@@ -197,6 +221,9 @@ class Tags:
     larger_is_more_different: bool | None
     quick_params: dict[str, Any]
     resources: frozenset[str]
+    null_draws: int | None = None
+    null_kind: str | None = None
+    supports_summary: bool = False
 
 
 def tags_of(cls: type) -> Tags:
@@ -220,7 +247,15 @@ def tags_of(cls: type) -> Tags:
     resources = getattr(cls, "resources", frozenset())
     if isinstance(resources, str) or not set(resources) <= params:
         raise BenchError(f"{who}: tag 'resources' must name constructor parameters, got {resources!r}")
-    return Tags(frozenset(requires), distributed, direction, dict(quick), frozenset(resources))
+    null_draws = null_kind = None
+    if issubclass(cls, Comparator):
+        null_draws, null_kind = getattr(cls, "null_draws", 200), getattr(cls, "null_kind", "permutation")
+        if isinstance(null_draws, bool) or not isinstance(null_draws, int) or null_draws < 1:
+            raise BenchError(f"{who}: tag 'null_draws' must be a positive integer, got {null_draws!r}")
+        if null_kind not in ("permutation", "split-half"):
+            raise BenchError(f"{who}: tag 'null_kind' must be 'permutation' or 'split-half', got {null_kind!r}")
+    return Tags(frozenset(requires), distributed, direction, dict(quick), frozenset(resources), null_draws,
+                null_kind, issubclass(cls, Comparator) and cls.supports_summary())
 
 
 class _Method:
@@ -276,12 +311,35 @@ class Summariser(_Method):
 
 
 class Comparator(_Method):
-    """Two DataViews → Comparison. Subclasses implement ``compare``."""
+    """Two DataViews → Comparison. Subclasses implement ``compare``.
+
+    Optional, for ``bench summarise A --save A.bench`` then ``bench compare A.bench B``:
+    ``summarise(a)`` returns A's dataset-level statistics (arrays and JSON values, never objects)
+    and ``compare_summary(stats, b)`` compares them with B; ``compare_summary(summarise(a), b)``
+    must equal ``compare(a, b)`` (a conformance check).
+    """
 
     larger_is_more_different: ClassVar[bool] = True
+    #: draws of the null distribution ``bench compare`` uses by default (``--permutations``
+    #: overrides): many for a closed-form score, few for one that trains
+    null_draws: ClassVar[int] = 200
+    #: "permutation" (reassign A ∪ B at random) or "split-half" (two halves of each side; for
+    #: comparators that train, whose cost makes many permutations impractical)
+    null_kind: ClassVar[str] = "permutation"
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
         raise NotImplementedError
+
+    def summarise(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:  # pragma: no cover - optional
+        raise NotImplementedError
+
+    def compare_summary(self, summary: dict[str, Any], b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def supports_summary(cls) -> bool:
+        """Whether the comparator can compare against a saved summary (both optional methods given)."""
+        return cls.summarise is not Comparator.summarise and cls.compare_summary is not Comparator.compare_summary
 
 
 def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 from scipy import linalg
 
-from bench.api import Comparator, Comparison, DataView, Summariser, Summary, check_finite, check_k
+from bench.api import Comparator, Comparison, DataView, Finding, Summariser, Summary, check_finite, check_k
 from bench.errors import BenchError, DataError
 from bench.hookspecs import hookimpl
 
@@ -173,12 +173,40 @@ class FrechetDistance(Comparator):
     def __init__(self, *, layer: str = "pooled"):
         self.layer = layer
 
-    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+    def check_params(self) -> None:
         if not isinstance(self.layer, str):
             raise BenchError(f"fd: layer must be a layer name, got {self.layer!r}")
+
+    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+        self.check_params()
         x1, x2 = a.features(self.layer), b.features(self.layer)
         mean_term = float(((x1.mean(0, dtype=np.float64) - x2.mean(0, dtype=np.float64)) ** 2).sum())
-        return Comparison(score=frechet_distance_features(x1, x2), detail={"mean_term": mean_term})
+        return _fd_result(frechet_distance_features(x1, x2), mean_term)
+
+    def summarise(self, a: DataView, *, seed: int = 0) -> dict:
+        """A's Gaussian (mean, covariance in float64): all FD needs of A (clean-fid's reference statistics)."""
+        self.check_params()
+        x = _checked(a.features(self.layer))
+        return {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False), "n": len(x)}
+
+    def compare_summary(self, summary: dict, b: DataView, *, seed: int = 0) -> Comparison:
+        self.check_params()
+        x = _checked(b.features(self.layer))
+        mu, sigma = np.asarray(summary["mu"], dtype=np.float64), np.asarray(summary["sigma"], dtype=np.float64)
+        if mu.shape != x.shape[1:]:
+            raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {x.shape[1]}")
+        mean_term = float(((mu - x.mean(0)) ** 2).sum())
+        return _fd_result(frechet_distance(mu, sigma, x.mean(0), np.cov(x, rowvar=False)), mean_term)
+
+
+def _fd_result(fd: float, mean_term: float) -> Comparison:
+    """The score with what differs: how much of FD is the shift of the mean, how much the spread."""
+    cov_term = fd - mean_term
+    rows = [{"term": "mean: ‖μA − μB‖²", "value": mean_term, "share": mean_term / fd if fd > 0 else None},
+            {"term": "covariance: Tr(ΣA + ΣB − 2(ΣA ΣB)^½)", "value": cov_term,
+             "share": cov_term / fd if fd > 0 else None}]
+    return Comparison(score=fd, detail={"mean_term": mean_term},
+                      findings=[Finding("mean shift vs covariance change", rows=rows)])
 
 
 @hookimpl

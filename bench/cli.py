@@ -1,6 +1,8 @@
 """The ``bench`` command line.
 
     bench run                       # kmeans + fd on synth-passnet with the offline default extractor
+    bench compare A B               # how do my two datasets differ? (score, p-value, CI, what differs)
+    bench summarise A --save A.bench   # then: bench compare A.bench B
     bench run --methods protosim,dna --datasets passnet --extractor dino-vits16
     bench list | plugins | datasets | extractors
     bench leaderboard [RESULTS] [-o leaderboards]
@@ -85,6 +87,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _common_data_options(p: argparse.ArgumentParser) -> None:
+    """Options ``compare`` and ``summarise`` share with ``run``."""
+    p.add_argument("--methods", type=_csv, default=None, help="comma-separated comparators (default: all "
+                   "with a permutation null; for a saved summary, those that support one)")
+    p.add_argument("--extractor", default=None, help="feature extractor (bench extractors); default tiny-vit")
+    p.add_argument("--weights", default=None, help="local weights file/folder for the extractor")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the null draws, bootstrap and methods (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="stratified, seeded subsample of N images per side")
+    p.add_argument("--preset", choices=["auto", "paper", "quick"], default="auto",
+                   help="method defaults: paper, or quick (CPU-sized); auto = quick on embedded datasets")
+    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
+                   help="set a method parameter (repeatable; type-checked before any work)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bench", description="Benchmark methods that summarise image datasets and tell how "
                 "datasets differ, on the same data, features and metrics.")
@@ -121,6 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nproc-per-node", type=_nproc, default="auto", metavar="N",
                    help="processes for --launcher torchrun (default auto: one per GPU, else per CPU)")
 
+    cp = sub.add_parser("compare", help="how do two datasets differ? score, null, p-value, CI and what differs",
+                        description="Compare dataset A with dataset B with every comparator (or --methods): the score, "
+                        "a permutation null and p-value, a bootstrap CI, the sample sizes, per class with "
+                        "--per-class, and what each comparator finds different. A and B: a folder (class "
+                        "sub-folders or not), imagefolder:PATH, folder:PATH, a registered dataset name, or "
+                        "for A a saved summary (bench summarise A --save A.bench).")
+    cp.add_argument("a", help="dataset A (or a saved summary A.bench)")
+    cp.add_argument("b", help="dataset B")
+    _common_data_options(cp)
+    cp.add_argument("--per-class", action="store_true", help="scores per class where both sides are labelled")
+    cp.add_argument("--permutations", type=int, default=None, metavar="N",
+                    help="null draws per comparator (default: each comparator's own, e.g. fd 200)")
+    cp.add_argument("--bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples for the CI "
+                    "(default 100; 0: no CI)")
+    cp.add_argument("--out", type=Path, default=Path("results"), help="records directory (default results/)")
+    cp.add_argument("--report", type=Path, default=None,
+                    help="HTML report file (default OUT/report.html)")
+    sm = sub.add_parser("summarise", help="save a dataset's statistics once, to compare against many",
+                        description="Summarise dataset A for later comparisons: bench summarise A --save A.bench, "
+                        "then bench compare A.bench B. The file holds each comparator's statistics (arrays + "
+                        "JSON, never a pickle) and what they depend on (extractor, weights, precision, "
+                        "method versions and parameters).")
+    sm.add_argument("a", help="the dataset to summarise")
+    sm.add_argument("--save", type=Path, required=True, metavar="FILE.bench", help="where to write the summary")
+    _common_data_options(sm)
     sub.add_parser("list", help="list runnable methods (summarisers and comparators)")
     sub.add_parser("plugins", help="list plugins with version, status and errors")
     sub.add_parser("datasets", help="list datasets and whether their roots are configured")
@@ -261,6 +307,61 @@ def _print_summary(results) -> None:
     console.print(table)
 
 
+def _compare_config(args, **extra):
+    from bench.compare import CompareConfig
+    from bench.plan import DEFAULT_EXTRACTOR
+
+    return CompareConfig(a=args.a, methods=args.methods, extractor=args.extractor or DEFAULT_EXTRACTOR,
+                         weights=args.weights, device=args.device, seed=args.seed, limit=args.limit,
+                         preset=args.preset, settings=args.settings, batch_size=args.batch_size,
+                         cache_dir=args.cache_dir, no_cache=args.no_cache,
+                         progress=not args.no_progress and console.is_terminal, **extra)
+
+
+def cmd_compare(args) -> int:
+    from bench.compare import CompareRun
+    from bench.report import build_report
+
+    cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
+                          bootstrap=args.bootstrap, out=args.out, report=args.report)
+    run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+    console.print(f"bench {__version__} · compare [bold]{escape(run.a.name)}[/] (n={run.a.n}) with "
+                  f"[bold]{escape(run.b.name)}[/] (n={run.b.n}) · extractor {cfg.extractor} · device {run.device} · "
+                  f"methods {','.join(run.methods)}")
+    recs = run.compare()
+    table = Table(title=f"A = {run.a.name}  vs  B = {run.b.name}")
+    for col in ("method", "score", "p", "95% CI", "null", "n_A", "n_B", "what differs most", "status"):
+        table.add_column(col, overflow="fold")
+    for rec in recs:
+        m = {k: v.value for k, v in rec.metrics.items()}
+        ci = f"[{m['ci_low']:.4g}, {m['ci_high']:.4g}]" if "ci_low" in m else ""
+        null = rec.tables.get("null", [{}])[0]
+        top = (rec.tables.get("findings") or [{}])[0].get("title", "")
+        status = "ok" if rec.status == "ok" else f"[red]{escape(rec.error or '')}[/]"
+        table.add_row(rec.method.name, f"{m['score']:.4g}" if "score" in m else "",
+                      f"{m['p_value']:.3g}" if "p_value" in m else "—", ci,
+                      f"{null.get('draws', 0)} draws" if null.get("draws") else "none", str(run.a.n), str(run.b.n),
+                      escape(top), status)
+    console.print(table)
+    report = build_report(cfg.out, cfg.report, regs=run.regs)
+    console.print(f"records in {cfg.out}/compare/ · report: {report}")
+    failed = [r for r in recs if r.status != "ok"]
+    for rec in failed:
+        err_console.print(f"[bold red]error:[/] {escape(rec.method.name)}: {escape(rec.error or '')}")
+    return 2 if failed else 0
+
+
+def cmd_summarise(args) -> int:
+    from bench.compare import CompareRun
+
+    run = CompareRun(_compare_config(args, save=args.save), regs=_regs(args),
+                     echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+    path = run.summarise()
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {', '.join(run.methods)} statistics of "
+                  f"{run.a.name} (n={run.a.n}); compare with: bench compare {path} OTHER")
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.plugins import method_names
 
@@ -355,9 +456,9 @@ def cmd_check(args) -> int:
     return 1 if any(e is not None for _, e in failures) else 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins, "datasets": cmd_datasets,
-            "extractors": cmd_extractors, "leaderboard": cmd_leaderboard, "report": cmd_report,
-            "check": cmd_check}
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "summarise": cmd_summarise, "list": cmd_list,
+            "plugins": cmd_plugins, "datasets": cmd_datasets, "extractors": cmd_extractors,
+            "leaderboard": cmd_leaderboard, "report": cmd_report, "check": cmd_check}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -126,8 +126,29 @@ def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> li
         s2 = _new(cls, params).compare(a, b, seed=0).score
         assert s1 == s2, f"same seed, different scores: {s1} vs {s2}"
 
-    return [check_class_attributes, check_returns_finite_comparison, check_identity_is_least_different,
-            check_seed_determinism]
+    def check_saved_summary_equals_direct_compare():
+        """summarise(A) → .bench file → load → compare_summary(·, B) equals compare(A, B) to 1e-6."""
+        import tempfile
+        from pathlib import Path
+
+        from bench import summaryfile
+
+        obj = _new(cls, params)
+        direct = float(obj.compare(a, b, seed=0).score)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = summaryfile.save(summaryfile.SavedSummary({"name": a.name}, {}, {cls.name: {}},
+                                                             {cls.name: obj.summarise(a, seed=0)}),
+                                    Path(tmp) / "a.bench")
+            stats = summaryfile.load(path).statistics[cls.name]
+        saved = float(_new(cls, params).compare_summary(stats, b, seed=0).score)
+        assert math.isclose(saved, direct, rel_tol=1e-6, abs_tol=1e-9), \
+            f"compare against the saved summary gave {saved}, the direct compare {direct}"
+
+    checks = [check_class_attributes, check_returns_finite_comparison, check_identity_is_least_different,
+              check_seed_determinism]
+    if tags_of(cls).supports_summary:
+        checks.append(check_saved_summary_equals_direct_compare)
+    return checks
 
 
 def method_checks(method: str | type, *, regs=None, view: DataView | None = None,

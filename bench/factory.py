@@ -1,7 +1,7 @@
 """The one way to build what a run is made of (timm's ``create_model``): methods from the
-registries with their preset and ``--set`` parameters, data views, and a dataset's source under
-the run's ``--limit`` convention. The runner, the report, conformance, the tests and the
-plugins' experiments all build through here.
+registries with their preset and ``--set`` parameters, and data views. The runner, ``bench
+compare``, conformance, the tests and the plugins' experiments all build through here (a
+dataset's images under the run's ``--limit`` convention: :func:`bench.datasets.load_source`).
 
 ``--set METHOD[.ROLE].PARAM=VALUE`` is parsed by :func:`parse_setting` and type-checked against
 the constructor's annotations (or its default's type) by :func:`coerce`, so ``k=2.7`` for an
@@ -24,7 +24,7 @@ from bench.errors import BenchError, UnknownNameError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from bench.datasets.base import DatasetSpec, ImageSource
+    from bench.datasets.base import ImageSource
     from bench.extractors.base import Extractor
     from bench.features import FeatureStore
     from bench.plugins import Registries
@@ -204,17 +204,6 @@ def create_method(regs: Registries, name: str, *, preset: str = "paper",
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_source(spec: DatasetSpec, limit: int | None = None) -> ImageSource:
-    """A dataset's images as a run uses them: loaded with seed 0, then the stratified, seeded
-    ``--limit`` subsample. The report re-loads images the same way, so they match the records."""
-    from bench.datasets import limit as limit_source
-
-    source = spec.load(seed=0)
-    if limit is not None and limit < source.n:
-        source = limit_source(source, limit, seed=0)
-    return source
 
 
 def create_view(source: ImageSource, extractor: Extractor, store: FeatureStore | None = None, *,

@@ -82,6 +82,8 @@ def aggregate(records: list[Record]) -> list[DatasetBoard]:
     """Records → one board per (dataset, revision, limit), rows sorted. Pure: same records, same boards."""
     cells: dict[tuple, list[Record]] = defaultdict(list)
     for rec in records:
+        if rec.kind != "cell":   # bench compare's records are not leaderboard cells
+            continue
         key = (rec.dataset.name, rec.dataset.revision, rec.dataset.limit, rec.features.extractor,
                rec.method.name, rec.comparability_key)
         cells[key].append(rec)

@@ -56,6 +56,14 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("score_null", None, "comparator score between two disjoint halves of one source", True),
     MetricInfo("null_over_between", False, "score_null / score_between (direction-adjusted)"),
     MetricInfo("group_nmi", None, "NMI of the codes with the source groups"),
+    # bench compare A B
+    MetricInfo("score", None, "comparator score between A and B (direction: the comparator's)", True),
+    MetricInfo("p_value", None, "share of null draws at least as different as A vs B ((1 + hits) / (1 + draws))", True),
+    MetricInfo("ci_low", None, "2.5th percentile of the score over bootstrap resamples of A and B", True),
+    MetricInfo("ci_high", None, "97.5th percentile of the score over bootstrap resamples of A and B", True),
+    MetricInfo("null_mean", None, "mean score of the null draws"),
+    MetricInfo("n_a", None, "images in A"),
+    MetricInfo("n_b", None, "images in B"),
 )}
 
 #: direction of every metric the harness reports (derived from ``METRICS``)

@@ -57,6 +57,9 @@ class FeatureInfo(BaseModel):
 
 class Record(BaseModel):
     schema_version: int = SCHEMA_VERSION
+    #: ``cell``: one method on one dataset of the benchmark grid (the leaderboard's rows);
+    #: ``comparison``: ``bench compare A B`` (``dataset`` is A, ``dataset_b`` is B), never on the leaderboard
+    kind: Literal["cell", "comparison"] = "cell"
     status: Literal["ok", "error"] = "ok"
     error: str | None = None
     #: why a cell failed: ``input`` (a one-line BenchError: bad data or parameters; exit 2) or
@@ -64,6 +67,7 @@ class Record(BaseModel):
     error_kind: Literal["input", "crash"] | None = None
     method: MethodInfo
     dataset: DatasetInfo
+    dataset_b: DatasetInfo | None = None
     features: FeatureInfo
     seed: int
     preset: str = "paper"
@@ -95,6 +99,8 @@ def comparability_key(record: Record) -> str:
     return stable_hash({
         "method": [record.method.name, record.method.version, record.method.params],
         "dataset": [record.dataset.name, record.dataset.revision, record.dataset.limit],
+        **({"dataset_b": [record.dataset_b.name, record.dataset_b.revision, record.dataset_b.limit]}
+           if record.dataset_b is not None else {}),
         "features": record.features.cache_key or record.features.extractor,
         "metrics": record.metrics_version,
     }, 16)

@@ -32,16 +32,18 @@ TOP = 8
 
 @hookimpl(tryfirst=True)
 def bench_report_sections(run: RunData) -> list[ReportSection]:
-    makers = (leaderboard_section, datasets_section, fidelity_section, comparator_section)
+    makers = (comparison_section, leaderboard_section, datasets_section, fidelity_section, comparator_section)
     return [s for s in (make(run) for make in makers) if s is not None]
 
 
 # --------------------------------------------------------------------------- leaderboard
 
 
-def leaderboard_section(run: RunData) -> ReportSection:
+def leaderboard_section(run: RunData) -> ReportSection | None:
     from bench import leaderboard
 
+    if not run.cells and not run.problems:
+        return None   # a bench compare directory: the comparison section says it all
     sec = ReportSection("Leaderboard", key="leaderboard")
     for p in run.problems:
         sec.note(p)
@@ -49,9 +51,9 @@ def leaderboard_section(run: RunData) -> ReportSection:
              "<code>bench leaderboard</code> writes); method statistics and tables fold out below each "
              "dataset.</p>"]
     parts += [leaderboard.to_html(board) for board in leaderboard.aggregate(run.records)]
-    n_err = sum(r.status != "ok" for r in run.records)
+    n_err = sum(r.status != "ok" for r in run.cells)
     if n_err:
-        sec.note(f"{n_err} of {len(run.records)} cells failed; their errors are listed under 'Failed cells'")
+        sec.note(f"{n_err} of {len(run.cells)} cells failed; their errors are listed under 'Failed cells'")
     sec.html = "\n".join(parts)
     return sec
 
@@ -59,10 +61,12 @@ def leaderboard_section(run: RunData) -> ReportSection:
 # --------------------------------------------------------------------------- dataset samples
 
 
-def datasets_section(run: RunData) -> ReportSection:
+def datasets_section(run: RunData) -> ReportSection | None:
+    if not run.cells:
+        return None
     sec = ReportSection("Datasets", key="datasets")
     seen: dict[tuple, R.Record] = {}
-    for r in run.records:
+    for r in run.cells:
         seen.setdefault((r.dataset.name, r.dataset.revision, r.dataset.limit), r)
     parts = []
     for rec in seen.values():
@@ -97,7 +101,7 @@ def datasets_section(run: RunData) -> ReportSection:
 
 def fidelity_section(run: RunData) -> ReportSection | None:
     """Every comparator's score against the true mixing proportion, one plot per ladder dataset."""
-    recs = [r for r in run.records if "comparator" in r.method.roles]
+    recs = [r for r in run.cells if "comparator" in r.method.roles]
     ladders = [r for r in recs if r.tables.get("fidelity_ladder")]
     if not ladders:
         shift = [r for r in recs if r.dataset.name == "synth-shift"]
@@ -157,7 +161,7 @@ def fidelity_section(run: RunData) -> ReportSection | None:
 
 def comparator_section(run: RunData) -> ReportSection | None:
     """Null vs between scores of comparators on datasets without a ladder."""
-    recs = [r for r in run.ok_records if "comparator" in r.method.roles
+    recs = [r for r in run.ok_records if "comparator" in r.method.roles and r.kind == "cell"
             and not r.tables.get("fidelity_ladder") and "score_null" in r.metrics]
     if not recs:
         return None
@@ -181,3 +185,75 @@ def comparator_section(run: RunData) -> ReportSection | None:
     return sec
 
 
+# --------------------------------------------------------------------------- bench compare
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def comparison_section(run: RunData) -> ReportSection | None:
+    """``bench compare A B``: per pair, every comparator's score, null, p-value and CI, then what
+    each found different (its ``findings``: tables, images of A and B, its own figures)."""
+    recs = run.comparisons
+    if not recs:
+        return None
+    sec = ReportSection("Comparison: how A and B differ", key="comparison")
+    pairs: dict[tuple, list[R.Record]] = defaultdict(list)
+    for r in sorted(recs, key=lambda r: (r.method.name, r.seed)):
+        pairs[(r.dataset.name, r.dataset.revision, r.dataset_b.name, r.dataset_b.revision)].append(r)
+    parts = ['<p class="small">p: the share of null draws (A ∪ B reassigned at random, or for comparators that '
+             "train, split halves of each side) at least as different as A vs B, counting A vs B itself; a small "
+             "p says the difference is larger than sampling alone gives. CI: 2.5–97.5 % of the score over "
+             "bootstrap resamples.</p>"]
+    for (na, _, nb, _), rs in pairs.items():
+        first = rs[0]
+        parts.append(f"<h3>A = {esc(na)} (n={first.dataset.n}) vs B = {esc(nb)} (n={first.dataset_b.n})</h3>")
+        for side, label in (("a", "A"), ("b", "B")):
+            img = run.montage(first, [(f"{label}: first images", list(range(12)))], side=side)
+            if img is not None:
+                parts.append(img_html(img, f"{label} = {na if side == 'a' else nb}"))
+            else:
+                sec.note(f"{label} images not drawn: {run.source_note(first, side)}")
+        rows = []
+        for r in rs:
+            m = {k: v.value for k, v in r.metrics.items()}
+            null = (r.tables.get("null") or [{}])[0]
+            rows.append({"method": r.method.name, "score": m.get("score"), "p": m.get("p_value"),
+                         "95% CI": f"[{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]" if "ci_low" in m else "",
+                         "null": null.get("kind", ""), "draws": null.get("draws"),
+                         "status": r.status if r.status == "ok" else f"error: {r.error}"})
+        parts.append(table_html(rows))
+        for r in rs:
+            if r.status != "ok":
+                sec.note(f"{r.method.name} failed: {r.error}")
+                continue
+            parts.append(f"<h4>{esc(r.method.name)}: what differs</h4>")
+            art = run.artefacts(r)
+            for p in art.problems:
+                sec.note(f"{r.method.name}: {p}")
+            for k, finding in enumerate(art.get("findings") or []):
+                side = {"a": " (A)", "b": " (B)"}.get(finding.get("side") or "", "")
+                parts.append(f"<h5>{esc(finding.get('title', ''))}{esc(side)}</h5>")
+                parts.append(table_html(finding.get("rows") or [], max_rows=12))
+                by_side: dict[str, list] = defaultdict(list)
+                for label, img_side, idx in finding.get("images") or []:
+                    by_side[img_side].append((label, idx))
+                for img_side, rows_ in by_side.items():
+                    img = run.montage(r, rows_, side=img_side)
+                    if img is not None:
+                        parts.append(img_html(img, f"{finding.get('title', '')}: images of "
+                                                   f"{'A' if img_side == 'a' else 'B'}"))
+                    else:
+                        sec.note(f"{r.method.name}: images of {img_side.upper()} not drawn: "
+                                 f"{run.source_note(r, img_side) or 'no valid index'}")
+                for name in finding.get("figures") or []:
+                    key = f"finding{k}_{name}"
+                    if key in art:
+                        parts.append(img_html(np.asarray(art[key], dtype=np.uint8), f"{finding.get('title')}: {name}"))
+            per_class = r.tables.get("per_class")
+            if per_class:
+                parts.append("<details><summary>per class</summary>" + table_html(per_class, max_rows=200)
+                             + "</details>")
+    sec.html = "\n".join(parts)
+    return sec

@@ -112,11 +112,21 @@ class RunData:
     def ok_records(self) -> list[R.Record]:
         return [r for r in self.records if r.status == "ok"]
 
+    @property
+    def comparisons(self) -> list[R.Record]:
+        """``bench compare`` records (kind ``comparison``); method sections read ``cells``."""
+        return [r for r in self.records if r.kind == "comparison"]
+
+    @property
+    def cells(self) -> list[R.Record]:
+        return [r for r in self.records if r.kind == "cell"]
+
     def path(self, record: R.Record) -> Path:
         return self._paths.get(id(record)) or record_path(self.run_dir, record)
 
     def by_method(self, name: str, *, ok: bool = False) -> list[R.Record]:
-        return [r for r in (self.ok_records if ok else self.records) if r.method.name == name]
+        """The benchmark cells of method ``name`` (comparisons have their own section)."""
+        return [r for r in (self.ok_records if ok else self.records) if r.method.name == name and r.kind == "cell"]
 
     def table(self, record: R.Record, name: str) -> list[dict[str, Any]]:
         return list(record.tables.get(name) or [])
@@ -136,32 +146,30 @@ class RunData:
 
     # images -------------------------------------------------------------------------------
     @staticmethod
-    def _dataset_key(record: R.Record) -> tuple:
-        return (record.dataset.name, record.dataset.revision, record.dataset.limit)
+    def _dataset_key(record: R.Record, side: str = "a") -> tuple:
+        d = record.dataset_b if side == "b" and record.dataset_b is not None else record.dataset
+        return (d.name, d.revision, d.limit)
 
-    def source(self, record: R.Record) -> ImageSource | None:
+    def source(self, record: R.Record, side: str = "a") -> ImageSource | None:
         """The images the record was made from, or None (then :meth:`source_note` says why).
 
         Re-loads the dataset (seed 0, the runner's ``--limit`` subsample) and checks that its
         revision is the record's, so a changed dataset is never drawn as if it were the run's.
         """
-        key = self._dataset_key(record)
+        key = self._dataset_key(record, side)
         if key in self._sources:
             return self._sources[key]
         name, revision, lim = key
         src, note = None, ""
         try:
-            from bench.datasets import get_spec
-            from bench.datasets import limit as limit_source
+            from bench.datasets import get_spec, load_source
 
             spec = get_spec(self.datasets, name) if self.datasets is not None else None
             reason = "no dataset registry was given to the report" if spec is None else spec.ready()
             if reason:
                 note = f"images of {name!r} are not available here: {reason}"
             else:
-                loaded = spec.load(seed=0)
-                if lim is not None and lim < loaded.n:
-                    loaded = limit_source(loaded, lim, seed=0)
+                loaded = load_source(spec, lim)   # the run's own convention: seed 0, then --limit
                 if loaded.revision != revision:
                     note = (f"images of {name!r} have revision {loaded.revision}, but the records were made "
                             f"from revision {revision}; not drawing images of another dataset version")
@@ -173,12 +181,12 @@ class RunData:
         self._source_notes[key] = note
         return src
 
-    def source_note(self, record: R.Record) -> str:
-        self.source(record)
-        return self._source_notes.get(self._dataset_key(record), "")
+    def source_note(self, record: R.Record, side: str = "a") -> str:
+        self.source(record, side)
+        return self._source_notes.get(self._dataset_key(record, side), "")
 
     def montage(self, record: R.Record, rows: list[tuple[str, list[int]]], *, thumb: int = 40,
-                max_per_row: int = 12, label_width: int = 150):
+                max_per_row: int = 12, label_width: int = 150, side: str = "a"):
         """A PIL image: one labelled row of thumbnails per (label, image indices) pair.
 
         Indices are positions in the record's (limited) dataset. Returns None when the images
@@ -186,7 +194,7 @@ class RunData:
         """
         from PIL import Image, ImageDraw
 
-        src = self.source(record)
+        src = self.source(record, side)
         if src is None or not rows:
             return None
         pad = 2

@@ -29,10 +29,11 @@ import torch
 
 from bench import __version__, distributed, plugins, records
 from bench.api import DataView, tags_of
+from bench.datasets import load_source
 from bench.datasets.base import ImageSource
 from bench.errors import BenchError
 from bench.evaluate import Evaluator, evaluate_comparator, validate_summary
-from bench.factory import create_method, create_view, load_source
+from bench.factory import create_method, create_view
 from bench.features import FeatureStore, default_cache_dir
 from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION
 from bench.plan import Cell, Plan, RunConfig, make_plan, resolve_device

@@ -1,7 +1,8 @@
 """The run store: the one owner of a run directory's on-disk format.
 
 A run directory holds one JSON record per cell, at
-``{root}/{dataset}@{rev}/{extractor}[+w{weights}][-{precision}]/{method}@{ver}/{config_hash}/seed{n}.json``,
+``{root}/{dataset}@{rev}/{extractor}[+w{weights}][-{precision}]/{method}@{ver}/{config_hash}/seed{n}.json``
+(``bench compare`` records under ``{root}/compare/{A}@{rev}--{B}@{rev}/…``),
 with the cell's artefacts beside it (``seed{n}.artefacts.npz`` / ``.json``, arrays and JSON only,
 never pickles) and, for a crashed method, ``seed{n}.traceback.txt``. Every write is atomic
 (temp file named with the process id, then ``os.replace``); every read is tolerant (a corrupt
@@ -74,8 +75,12 @@ def record_dir(root: Path, record: Record) -> Path:
         features += f"+w{record.features.weights[:12]}"
     if record.features.precision != "fp32":
         features += f"-{record.features.precision}"
-    return (Path(root) / f"{safe_name(record.dataset.name)}@{record.dataset.revision}" / features
-            / f"{safe_name(record.method.name)}@{record.method.version}" / record.config_hash)
+    data = f"{safe_name(record.dataset.name)}@{record.dataset.revision}"
+    root = Path(root)
+    if record.dataset_b is not None:   # bench compare A B: under compare/, A--B
+        data = f"{data}--{safe_name(record.dataset_b.name)}@{record.dataset_b.revision}"
+        root = root / "compare"
+    return root / data / features / f"{safe_name(record.method.name)}@{record.method.version}" / record.config_hash
 
 
 def record_path(root: Path, record: Record) -> Path:

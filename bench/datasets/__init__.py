@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.datasets.base import DatasetSpec, ImageSource
+from bench.datasets.base import DatasetSpec, ImageSource, content_revision
 from bench.errors import BenchError, DataError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+FOLDER_PREFIX = "folder:"
 
 
 def resolve(name: str) -> DatasetSpec | None:
-    """A spec built from the name itself (``imagefolder:PATH``), or None for registry names."""
+    """A spec built from the name itself (``imagefolder:PATH`` with class sub-folders, ``folder:PATH``
+    unlabelled), or None for registry names."""
     if name.startswith(IMAGEFOLDER_PREFIX):
         from bench.datasets.real import imagefolder_spec
 
@@ -24,12 +26,55 @@ def resolve(name: str) -> DatasetSpec | None:
             raise BenchError("imagefolder: needs a folder, e.g. imagefolder:/data/my_images "
                              "(laid out as <folder>/<class>/<image>.jpg)")
         return imagefolder_spec(path)
+    if name.startswith(FOLDER_PREFIX):
+        from bench.datasets.real import folder_spec
+
+        path = name[len(FOLDER_PREFIX):]
+        if not path:
+            raise BenchError("folder: needs a folder, e.g. folder:/data/production_images")
+        return folder_spec(path)
     return None
 
 
 def get_spec(registry, name: str) -> DatasetSpec:
     """The spec for ``name``: ``imagefolder:PATH`` or a registered name (unknown → did-you-mean)."""
     return resolve(name) or registry.get(name)
+
+
+def concat(a: ImageSource, b: ImageSource, *, names: tuple[str, str] = ("A", "B")) -> ImageSource:
+    """A ∪ B as one source: rows of ``a`` then ``b``, ``groups`` 0 / 1 named ``names``, labels
+    merged by class name (a class of one side only keeps its name), duplicates and concepts dropped."""
+    labels = class_names = None
+    if a.labels is not None and b.labels is not None and a.class_names and b.class_names:
+        class_names = sorted(set(a.class_names) | set(b.class_names))
+        remap = [np.asarray([class_names.index(c) for c in s.class_names], dtype=np.int64) for s in (a, b)]
+        labels = np.concatenate([np.where(s.labels >= 0, r[np.clip(s.labels, 0, None)], -1)
+                                 for s, r in zip((a, b), remap)])
+
+    def load(i: int) -> np.ndarray:
+        return a.image(i) if i < a.n else b.image(i - a.n)
+
+    array = None
+    if a.array is not None and b.array is not None and a.array.shape[1:] == b.array.shape[1:]:
+        array = np.concatenate([a.array, b.array])
+    return ImageSource(
+        name=f"{a.name} + {b.name}", revision=content_revision(extra=f"{a.revision}+{b.revision}"),
+        n=a.n + b.n, array=array, loader=None if array is not None else load,
+        ids=[f"{names[0]}/{x}" for x in (a.ids or map(str, range(a.n)))]
+        + [f"{names[1]}/{x}" for x in (b.ids or map(str, range(b.n)))],
+        labels=labels, class_names=class_names,
+        groups=np.repeat(np.array([0, 1], dtype=np.int64), [a.n, b.n]), group_names=list(names),
+        notes={"parts": [a.name, b.name]},
+    )
+
+
+def load_source(spec: DatasetSpec, limit_n: int | None = None) -> ImageSource:
+    """A dataset's images as a run uses them: loaded with seed 0, then the stratified, seeded
+    ``--limit`` subsample. The report re-loads images the same way, so they match the records."""
+    source = spec.load(seed=0)
+    if limit_n is not None and limit_n < source.n:
+        source = limit(source, limit_n, seed=0)
+    return source
 
 
 def _strata(source: ImageSource) -> np.ndarray:
@@ -92,4 +137,4 @@ def drop_unreadable(source: ImageSource, *, progress: bool = False) -> ImageSour
     return out
 
 
-__all__ = ["DatasetSpec", "ImageSource", "drop_unreadable", "get_spec", "limit", "resolve"]
+__all__ = ["DatasetSpec", "ImageSource", "concat", "drop_unreadable", "get_spec", "limit", "load_source", "resolve"]

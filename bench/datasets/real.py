@@ -170,6 +170,30 @@ def imagefolder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
     )
 
 
+def folder_source(root: str | Path, *, name: str | None = None, size: int = DEFAULT_SIZE) -> ImageSource:
+    """Every image under ``root`` (recursive), unlabelled: a user's own folder for ``bench compare``."""
+    root = Path(root).expanduser()
+    name = name or f"folder:{root}"
+    _need_dir(root, name)
+    relpaths = _walk(root)
+    if not relpaths:
+        raise DataError(f"{name}: no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return _folder_source(name, root, relpaths, size=size)
+
+
+def folder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
+    """Spec for ``folder:PATH`` (resolved by name, not registered)."""
+    name = f"folder:{path}"
+    root = Path(path).expanduser()
+
+    def ready() -> str | None:
+        return None if root.is_dir() else f"{root} is not a folder of images"
+
+    return DatasetSpec(name=name, description=f"every image under {root.resolve()}, unlabelled",
+                       load=lambda seed=0, **kw: folder_source(root, name=name, size=kw.get("size", size)),
+                       ready=ready)
+
+
 # --------------------------------------------------------------------------- roots
 
 

@@ -44,6 +44,7 @@ from .dna import (
     range_pass,
     resolve_layers,
 )
+from .findings import dna_findings, reference_from_dict, reference_to_dict
 from .histogram import PRECISIONS, RANGE_MODES, Ranges
 from .selection import SCORES, n_selected, rank_from_labels, top_k
 from .storage import metadata, saved_size
@@ -263,22 +264,43 @@ class DNAComparator(Comparator):
         self._check()
         if len(a) == 0 or len(b) == 0:
             raise DataError(f"dna: cannot compare an empty set ({len(a)} vs {len(b)} images)")
+        return self._against(self._reference(a, seed, other=b), b)
+
+    # -- a saved summary: A's DNA (and ranges) once, compared with many B -----------------------
+    def summarise(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:
+        """A's reference DNA, its ranges and the selected neurons, as arrays and JSON values."""
+        self._check()
+        if self.ranges == "union":
+            raise BenchError("dna: ranges='union' needs B's images too; a saved summary needs ranges='reference' "
+                             "or a ranges file")
+        if len(a) == 0:
+            raise DataError("dna: cannot summarise an empty set")
+        return reference_to_dict(self._reference(a, seed))
+
+    def compare_summary(self, summary: dict[str, Any], b: DataView, *, seed: int = 0) -> Comparison:
+        self._check()
+        if len(b) == 0:
+            raise DataError("dna: cannot compare with an empty set")
+        return self._against(reference_from_dict(summary, self), b)
+
+    def _kw(self, layers: list[str], ranges: Ranges | None) -> dict[str, Any]:
+        return {"layers": layers, "bins": self.bins, "ranges": ranges, "sample": self.sample,
+                "precision": self.precision}
+
+    def _reference(self, a: DataView, seed: int, other: DataView | None = None) -> dict[str, Any]:
+        """Everything of A a comparison needs: layers, ranges, A's DNAs, the selected neurons."""
         layers = resolve_layers(a, self.layers)
         if self.neurons is not None:
             if not isinstance(self.neurons, Mapping) or any(k not in layers for k in self.neurons):
                 raise BenchError(f"dna: neurons must map tapped layers ({', '.join(layers)}) to neuron indices, "
                                  f"got {self.neurons!r}")
-        ext_a, ext_b = extractor_meta(a), extractor_meta(b)
-        if ext_a != ext_b:
-            raise BenchError(f"dna: A and B are seen through different extractors ({ext_a['name']!r} vs "
-                             f"{ext_b['name']!r}); DNAs are only comparable for one extractor")
+        ext_a = extractor_meta(a)
         hist = self.distance in ("emd", "emd_act")
         kinds = ("histogram", "layer-gaussian") if hist else ("layer-gaussian",)
         ranges, ranges_from, passes = None, None, {}
         if hist or self.select_concept is not None:
-            ranges, ranges_from, passes = self._ranges(a, b, layers, seed)
-        kw = {"layers": layers, "bins": self.bins, "ranges": ranges, "sample": self.sample,
-              "precision": self.precision}
+            ranges, ranges_from, passes = self._ranges(a, other, layers, seed)
+        kw = self._kw(layers, ranges)
         base = (tuple(layers), kinds, self.bins, ranges.digest() if ranges is not None else None, self.sample,
                 self.precision)
         detail: dict[str, Any] = {}
@@ -300,11 +322,24 @@ class DNAComparator(Comparator):
                                      ext_a, a.name))
             if self.neurons is not None:
                 selected = check_neurons(self.neurons, neurons)
-        hb, gb, _ = self._cached(("dna", _view_key(b), *base), lambda: self._finish(
-            build_from_view(b, kinds=kinds, prefetched=passes.get("b"), **kw), kinds, ext_b, b.name))
+        return {"layers": layers, "kinds": kinds, "ranges": ranges, "ranges_from": ranges_from, "base": base,
+                "pass_b": passes.get("b"), "ha": ha, "ga": ga, "neurons": neurons, "selected": selected,
+                "detail": detail, "ext": ext_a, "n": len(a)}
+
+    def _against(self, ref: dict[str, Any], b: DataView) -> Comparison:
+        """The comparison of A's reference (``_reference``) with B."""
+        ext_b = extractor_meta(b)
+        if json.dumps(ref["ext"], sort_keys=True, default=str) != json.dumps(ext_b, sort_keys=True, default=str):
+            raise BenchError(f"dna: A and B are seen through different extractors ({ref['ext'].get('name')!r} vs "
+                             f"{ext_b['name']!r}); DNAs are only comparable for one extractor")
+        kinds, selected, ha, ga, neurons = ref["kinds"], ref["selected"], ref["ha"], ref["ga"], ref["neurons"]
+        hist = "histogram" in kinds
+        kw = self._kw(ref["layers"], ref["ranges"])
+        hb, gb, _ = self._cached(("dna", _view_key(b), *ref["base"]), lambda: self._finish(
+            build_from_view(b, kinds=kinds, prefetched=ref["pass_b"], **kw), kinds, ext_b, b.name))
 
         per: dict[str, dict[str, torch.Tensor]] = {}
-        stats: dict[str, float] = {"n_a": float(len(a)), "n_b": float(len(b))}
+        stats: dict[str, float] = {"n_a": float(ref["n"]), "n_b": float(len(b))}
         if hist:
             per["emd"] = emd_per_neuron(ha, hb, unit="bins")
             per["emd_act"] = emd_per_neuron(ha, hb, unit="activation")
@@ -318,8 +353,9 @@ class DNAComparator(Comparator):
                                    else sum(neurons.values()))
         score = stats[self.distance]
         main = per.get(self.distance)
+        detail = dict(ref["detail"])
         detail.update({
-            "distance": self.distance, "unit": DISTANCES[self.distance], "ranges_from": ranges_from,
+            "distance": self.distance, "unit": DISTANCES[self.distance], "ranges_from": ref["ranges_from"],
             "per_layer": per_layer_means(main, selected) if main is not None else fd,
             "fd_per_layer": fd,
             "top_neurons": top_neurons(main, self.top_neurons, selected) if main is not None else [],
@@ -328,18 +364,20 @@ class DNAComparator(Comparator):
             detail["per_layer_emd_activation"] = per_layer_means(per["emd_act"], selected)
         if selected is not None:
             detail["selected_neurons"] = {k: v.tolist() for k, v in selected.items()}
-        return Comparison(score=float(score), detail=detail, statistics=stats)
+        return Comparison(score=float(score), detail=detail, statistics=stats,
+                          findings=dna_findings(detail, ha if hist else None, hb if hist else None,
+                                                unit=DISTANCES[self.distance]))
 
     @staticmethod
     def _finish(builder, kinds, ext, source):
         hist = builder.histogram(extractor=ext, source=source) if "histogram" in kinds else None
         return hist, builder.layer_gaussian(extractor=ext, source=source), dict(builder.neurons)
 
-    def _ranges(self, a: DataView, b: DataView, layers: list[str], seed: int):
+    def _ranges(self, a: DataView, b: DataView | None, layers: list[str], seed: int):
         """Ranges (cached by view content; the kept activations are handed out once, not cached)."""
         if self.ranges not in ("reference", "union"):
             return _ranges_for(self, self.ranges, a, layers, seed, other=b)
-        key = ("ranges", _view_key(a), _view_key(b) if self.ranges == "union" else None, self.ranges,
+        key = ("ranges", _view_key(a), _view_key(b) if self.ranges == "union" and b is not None else None, self.ranges,
                self.range_mode, self.range_scale, self.range_images, seed, tuple(layers))
         cache = self.__dict__.setdefault("_cache", {})
         if key in cache:

@@ -16,6 +16,7 @@ import torch
 from bench_multicut import costs as C
 from bench_multicut import solver as S
 from bench_multicut import stats as T
+from bench_multicut.findings import multicut_findings
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary, check_finite
 from bench.errors import BenchError, DataError
@@ -292,4 +293,5 @@ class MulticutComparator(_MulticutParams, Comparator):
                   "codes": fitted.codes}
         statistics = {**{k: float(v) for k, v in mix.items()}, **table5, "energy": fitted.result.energy,
                       "cal": fitted.cal}
-        return Comparison(score=mix["adjusted_pure_share"], detail=detail, statistics=statistics)
+        return Comparison(score=mix["adjusted_pure_share"], detail=detail, statistics=statistics,
+                          findings=multicut_findings(fitted.codes, len(xa)))

@@ -33,6 +33,7 @@ from bench_protosim.analysis import (
     top_images,
 )
 from bench_protosim.data import Backbone, ImageTable
+from bench_protosim.findings import protosim_findings
 from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer, TrainResult
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary
@@ -457,6 +458,9 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
     name: ClassVar[str] = "protosim"
     version: ClassVar[str] = "1"
     larger_is_more_different: ClassVar[bool] = True
+    #: every comparison trains the prototypes: bench compare's null is a few split halves of each side
+    null_kind: ClassVar[str] = "split-half"
+    null_draws: ClassVar[int] = 3
     #: under torchrun the runner calls compare on every rank: all train (DDP), rank 0 scores
     distributed: ClassVar[bool] = True
 
@@ -484,4 +488,5 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
                   "token_counts": tok, "image_counts": run["image_counts"],
                   "history": run["result"].history, "score": self.score}
         score = js if self.score == "jensen_shannon" else share
-        return Comparison(score=float(score), detail=detail, statistics=stats)
+        return Comparison(score=float(score), detail=detail, statistics=stats,
+                          findings=protosim_findings({**run, "table": table}, detail, len(a), self.n_top_images))

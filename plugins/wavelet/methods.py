@@ -21,6 +21,7 @@ from .core import (
     train_test_analysis,
 )
 from .dwt import PAPER_COEFFICIENTS, resolve_coefficients
+from .findings import wavelet_findings
 from .ssim import SSIMStats, ssim_matrix
 
 ALGORITHMS = ("wavelet-kmeans", "ssim-spectral", "ssim-threshold")
@@ -254,4 +255,5 @@ class WaveletComparator(Comparator):
             "mean_nn_distance_within_a": means["aa"], "mean_nn_distance_within_b": means["bb"],
             "n_a": float(len(ia)), "n_b": float(len(ib)),
         }
-        return Comparison(score=float(score), detail=detail, statistics=statistics)
+        return Comparison(score=float(score), detail=detail, statistics=statistics,
+                          findings=wavelet_findings(detail, self.ssim_threshold))
