@@ -404,6 +404,19 @@ def test_root_from_config_file_and_bad_layout(registry, no_config, monkeypatch):
     assert "BENCH_IMAGENETTE_ROOT" in registry.get("imagenette").ready()
 
 
+def test_non_utf8_config_file_is_one_line(no_config, capsys):
+    """A bench.toml saved as latin-1 (``café``): exit 2 and one ``error:`` line naming the file
+    and line, not a UnicodeDecodeError traceback."""
+    from bench.cli import main
+
+    (no_config / "bench.toml").write_bytes(b'[roots]\nimagenet = "/data/caf\xe9"\n')
+    code = main(["datasets"])
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert code == 2 and "Traceback" not in text and text.count("error:") == 1, text
+    assert "bench.toml: not UTF-8 text (byte 0xe9 on line 2)" in text
+
+
 def test_imagenet_pass_passnet(registry, no_config, monkeypatch):
     tmp = no_config
     inet = tmp / "ilsvrc"
