@@ -417,19 +417,24 @@ class Trainer:
 # ---------------------------------------------------------------------- checkpoint files
 
 
-def _pack(obj, tensors: dict[str, torch.Tensor]):
+def _pack(obj, tensors: dict[str, torch.Tensor], storages: set[int]):
     """JSON for ``obj`` with every tensor moved into ``tensors`` (named t0, t1 …). Dicts and
     tuples are tagged so that int keys (optimizer state) and tuples (betas) come back as saved."""
     if isinstance(obj, torch.Tensor):
         name = f"t{len(tensors)}"
-        tensors[name] = obj.detach().to("cpu").contiguous().clone()  # own storage: safetensors refuses shared
+        t = obj.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages and t.numel():  # safetensors refuses tensors that share memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[name] = t
         return {"tensor": name}
     if isinstance(obj, dict):
-        return {"dict": [[k, _pack(v, tensors)] for k, v in obj.items()]}
+        return {"dict": [[k, _pack(v, tensors, storages)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
-        return {"tuple": [_pack(v, tensors) for v in obj]}
+        return {"tuple": [_pack(v, tensors, storages) for v in obj]}
     if isinstance(obj, list):
-        return [_pack(v, tensors) for v in obj]
+        return [_pack(v, tensors, storages) for v in obj]
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"protosim: cannot checkpoint a {type(obj).__name__}")
@@ -456,7 +461,7 @@ def write_checkpoint(path: Path, state: dict, *, fingerprint: str) -> None:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
-    body = _pack(state, tensors)
+    body = _pack(state, tensors, set())
     meta = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "state": body}
     save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta)})
 
