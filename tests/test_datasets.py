@@ -521,6 +521,10 @@ def test_cifar_batches_of_every_pickle_protocol_load(registry, no_config, monkey
         pickle.dump({b"labels": [0]}, f, protocol=protocol)
     with pytest.raises(DataError, match="no 'data' entry"):
         registry.get("cifar10-test").load(seed=0)
+    # numpy.ndarray((1,), "O") called directly (REDUCE) instead of through _reconstruct
+    (base / "test_batch").write_bytes(b"\x80\x02cnumpy\nndarray\nK\x01\x85X\x01\x00\x00\x00O\x86R.")
+    with pytest.raises(DataError, match="not a readable CIFAR pickle"):
+        registry.get("cifar10-test").load(seed=0)
 
 
 def test_cifar100_pickles(registry, no_config, monkeypatch):

@@ -391,9 +391,14 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+#: what ``numpy.ndarray`` resolves to: only a tag for ``_reconstruct``, not callable (so a pickle
+#: cannot build arrays of another dtype by calling it)
+_NDARRAY = object()
+
+
 def _reconstruct(subtype, shape, dtype) -> np.ndarray:
     """numpy's pickle entry point for arrays (state set afterwards by ``ndarray.__setstate__``)."""
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError("only plain numpy arrays are part of a CIFAR batch")
     return np.ndarray.__new__(np.ndarray, shape, _safe_dtype(dtype))
 
@@ -414,7 +419,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 pickles
         ("numpy.core.numeric", "_frombuffer"): _frombuffer,        # protocol 5
         ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "ndarray"): _NDARRAY,
         ("numpy", "dtype"): _safe_dtype,
         ("_codecs", "encode"): _latin1_encode,                     # bytes in protocol 2 from python 3
     }
