@@ -158,10 +158,19 @@ def load_dino_heads(path: str, student: ProtoSimNet, teacher: ProtoSimNet) -> No
 
     if not Path(path).is_file():
         raise BenchError(f"protosim: head_checkpoint {path!r} is not a file (a DINO full checkpoint)")
+    import argparse
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # weights only, plus argparse.Namespace: DINO stores its command line under "args" (a plain
+        # attribute bag, so admitting it runs no code)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types; reported in one line
-        raise BenchError(f"protosim: cannot read head_checkpoint {path!r} ({type(exc).__name__})") from None
+        why = ("it holds Python objects besides tensors, refused without running them"
+               if "weights only" in str(exc).lower() else type(exc).__name__)
+        raise BenchError(f"protosim: cannot read head_checkpoint {path!r} ({why})") from None
+    if not isinstance(state, dict):
+        raise BenchError(f"protosim: head_checkpoint {path!r} is not a DINO full checkpoint (a dict)")
     for part, net in (("student", student), ("teacher", teacher)):
         if part not in state:
             raise BenchError(f"protosim: head_checkpoint {path!r} has no {part!r} entry (not a DINO full "
