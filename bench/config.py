@@ -55,7 +55,8 @@ def config_files() -> list[Path]:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Parse one TOML file; a syntax error is one line naming the file."""
+    """Parse one TOML file; a syntax error, bytes that are not UTF-8 or an unreadable file is
+    one line naming the file."""
     if tomllib is None:  # pragma: no cover - python 3.10 without tomli
         raise BenchError(f"reading {path} needs python >= 3.11 or the 'tomli' package")
     try:
@@ -63,6 +64,12 @@ def read_config(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise BenchError(f"{path}: invalid TOML ({e})") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition; a latin-1 é is the usual culprit
+        line = 1 + open(path, "rb").read()[: e.start].count(b"\n")
+        raise BenchError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); save the file "
+                         "as UTF-8") from None
+    except OSError as e:
+        raise BenchError(f"cannot read {path}: {e.strerror or e}") from None
 
 
 def dataset_root(name: str) -> tuple[Path | None, str]:

@@ -68,6 +68,12 @@ def summariser_checks(cls: type[Summariser], view: DataView, params: dict) -> li
         obj = _new(cls, params)
         assert obj.fit(view, seed=0) is obj, "fit() must return self"
         validate_summary(obj.summary_, len(view), cls.name)
+        if obj.summary_.embedding is not None:  # NaN rows would reach the probe, which fails or guesses
+            emb = np.asarray(obj.summary_.embedding)
+            assert emb.dtype.kind in "biuf", f"summary embedding has dtype {emb.dtype}, expected numbers"
+            bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+            assert not len(bad), (f"summary embedding has {len(bad)} rows with NaN or inf (first: row {bad[0]}); "
+                                  "every image needs a finite representation")
 
     def check_fit_does_not_mutate_params():
         obj = _new(cls, params)

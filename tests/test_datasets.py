@@ -327,6 +327,52 @@ def test_imagefolder_empty_and_missing(registry, tmp_path):
         missing.load(seed=0)
 
 
+def test_imagefolder_symlink_loop_is_one_line(tmp_path, capsys):
+    """A link back to a folder above it (listing would recurse until ELOOP) and a link to itself:
+    one ``error:`` line through the CLI, exit 2, no traceback; a plain symlinked folder still works."""
+    import os
+
+    from bench.cli import main
+
+    root = _imagefolder(tmp_path / "data")
+    _write(tmp_path / "elsewhere" / "e.png")
+    os.symlink(tmp_path / "elsewhere", root / "dog" / "linked")                 # fine: not a loop
+    assert get_spec(plugins.load().datasets, f"imagefolder:{root}").load(seed=0).n == 5
+    for link, target in (("cat/loop", ".."), ("dog/self", "self"), ("self", "self")):
+        os.symlink(target, root / link)
+        code = main(["run", "--methods", "kmeans", "--datasets", f"imagefolder:{root}", "--extractor", "pixels",
+                     "--no-cache", "--out", str(tmp_path / "out")])
+        text = capsys.readouterr()
+        err = text.err + text.out
+        assert code == 2 and "Traceback" not in err, err
+        flat = " ".join(err.split())                                    # rich wraps long lines
+        assert flat.count("error:") == 1 and "symbolic link loop" in flat and link.split("/")[-1] in flat
+        os.unlink(root / link)
+
+
+@pytest.mark.parametrize("fmt, array", [
+    ("png", np.linspace(0, 65535, 1024).round().astype(np.uint16)),                # 16-bit PNG
+    ("tif", np.linspace(0, 65535, 1024).round().astype(np.uint16)),                # 16-bit TIFF
+    ("tif", np.linspace(0, 2**31 - 1, 1024).round().astype(np.int32)),            # 32-bit int TIFF
+    ("tif", np.linspace(0, 1, 1024).astype(np.float32)),                           # 32-bit float TIFF
+], ids=["png16", "tiff16", "tiff-int32", "tiff-float32"])
+def test_high_bit_depth_gradient_scales_to_256_levels(tmp_path, fmt, array):
+    """A full-range gradient keeps all 256 levels, each pixel the nearest 8-bit value of its
+    nominal range (``convert("RGB")`` clipped it: a handful of levels, or flat)."""
+    from bench.datasets.real import read_image
+
+    path = tmp_path / f"gradient.{fmt}"
+    Image.fromarray(np.tile(array, (4, 1))).save(path)
+    img = read_image(path, size=None)
+    assert img.shape == (4, 1024, 3) and img.dtype == np.uint8
+    top = 1.0 if array.dtype == np.float32 else float(np.iinfo(array.dtype).max)
+    want = np.rint(array.astype(np.float64) / top * 255).astype(np.uint8)
+    assert np.array_equal(img[0, :, 0], want) and (img == img[:1, :, :1]).all()
+    assert len(np.unique(img)) == 256 and img[0, 0, 0] == 0 and img[0, -1, 0] == 255
+    # through the folder loader's resize and centre crop: the middle of the gradient, mid-grey
+    assert abs(read_image(path, size=4).mean() - 127.5) < 2
+
+
 def test_missing_root_names_variable(registry, no_config):
     for name, var, layout in (("imagenet", "BENCH_IMAGENET_ROOT", "train/<wnid>"),
                               ("pass", "BENCH_PASS_ROOT", "PASS"),
@@ -356,6 +402,19 @@ def test_root_from_config_file_and_bad_layout(registry, no_config, monkeypatch):
     assert src.n == 2 and src.class_names == ["tench", "parachute"]
     monkeypatch.setenv("BENCH_IMAGENETTE_ROOT", str(tmp / "elsewhere"))      # env wins over the file
     assert "BENCH_IMAGENETTE_ROOT" in registry.get("imagenette").ready()
+
+
+def test_non_utf8_config_file_is_one_line(no_config, capsys):
+    """A bench.toml saved as latin-1 (``café``): exit 2 and one ``error:`` line naming the file
+    and line, not a UnicodeDecodeError traceback."""
+    from bench.cli import main
+
+    (no_config / "bench.toml").write_bytes(b'[roots]\nimagenet = "/data/caf\xe9"\n')
+    code = main(["datasets"])
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())
+    assert code == 2 and "Traceback" not in text and text.count("error:") == 1, text
+    assert "bench.toml: not UTF-8 text (byte 0xe9 on line 2)" in text
 
 
 def test_imagenet_pass_passnet(registry, no_config, monkeypatch):
@@ -412,6 +471,60 @@ def test_cifar10_pickles(registry, no_config, monkeypatch):
     (no_config / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3"):
         registry.get("cifar10").load(seed=0)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (under plain pickle.load) and leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("where", ["data_batch_1", "batches.meta"])
+def test_cifar_crafted_pickle_runs_nothing(registry, no_config, monkeypatch, where):
+    base = no_config / "cifar-10-batches-py"
+    _cifar(base)
+    marker = no_config / "pwned"
+    with open(base / where, "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 4,
+                     b"label_names": [_Payload(marker)]}, f)
+    monkeypatch.setenv("BENCH_CIFAR10_ROOT", str(no_config))
+    with pytest.raises(DataError) as err:
+        registry.get("cifar10").load(seed=0)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert where in msg and "refused global" in msg and "system" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_batches_of_every_pickle_protocol_load(registry, no_config, monkeypatch, protocol):
+    """The restricted unpickler admits numpy arrays however they were pickled (protocol 2 from
+    Python 3 goes through ``_codecs.encode``, 5 through ``_frombuffer``); object arrays are refused."""
+    base = no_config / "cifar-10-batches-py"
+    batches = _cifar(base)
+    for name, (data, labels) in batches.items():
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels, b"batch_label": name.encode()}, f, protocol=protocol)
+    monkeypatch.setenv("BENCH_CIFAR10_ROOT", str(no_config))
+    src = registry.get("cifar10-test").load(seed=0)
+    assert np.array_equal(src.array[1].transpose(2, 0, 1).reshape(-1), batches["test_batch"][0][1])
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.array([[object()]], dtype=object), b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(DataError, match=r"test_batch.*not a plain numeric array"):
+        registry.get("cifar10-test").load(seed=0)
+    with open(base / "test_batch", "wb") as f:
+        pickle.dump({b"labels": [0]}, f, protocol=protocol)
+    with pytest.raises(DataError, match="no 'data' entry"):
+        registry.get("cifar10-test").load(seed=0)
+    # numpy.ndarray((1,), "O") called directly (REDUCE) instead of through _reconstruct
+    (base / "test_batch").write_bytes(b"\x80\x02cnumpy\nndarray\nK\x01\x85X\x01\x00\x00\x00O\x86R.")
+    with pytest.raises(DataError, match="not a readable CIFAR pickle"):
+        registry.get("cifar10-test").load(seed=0)
 
 
 def test_cifar100_pickles(registry, no_config, monkeypatch):

@@ -501,3 +501,94 @@ def test_pixels_data_config_and_layers():
     assert pix.data_config["input_size"] == (3, 32, 32) and pix.available_layers() == ["pooled", "image"]
     src = make_tiny_source(8)
     assert FeatureStore(None).features(src, pix).shape == (8, 3 * 32 * 32)
+
+
+# --------------------------------------------------------------------------- malformed weights files
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` and leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _malformed(kind: str, folder, marker):
+    """A weights file of one malformed ``kind`` and the words its error must contain."""
+    import pickle
+
+    from safetensors.torch import save_file
+
+    sd = {"w": torch.arange(4096, dtype=torch.float32)}
+    if kind == "truncated":
+        torch.save(sd, folder / "w.pth")
+        data = (folder / "w.pth").read_bytes()
+        (folder / "w.pth").write_bytes(data[: len(data) // 2])
+        return folder / "w.pth", "truncated or corrupt"
+    if kind == "empty":
+        (folder / "w.pth").write_bytes(b"")
+        return folder / "w.pth", "the file is empty"
+    if kind == "text":
+        (folder / "w.pth").write_text("model weights are on the shared drive\n")
+        return folder / "w.pth", "text file"
+    if kind == "truncated-safetensors":
+        save_file(sd, str(folder / "w.safetensors"))
+        data = (folder / "w.safetensors").read_bytes()
+        (folder / "w.safetensors").write_bytes(data[: len(data) // 2])
+        return folder / "w.safetensors", "not a complete safetensors file"
+    if kind == "torch-payload":
+        torch.save({"w": _Payload(marker)}, folder / "w.pth")
+        return folder / "w.pth", "Python objects besides tensors"
+    (folder / "w.pt").write_bytes(pickle.dumps(_Payload(marker)))                  # a plain pickle
+    return folder / "w.pt", "Python objects besides tensors"
+
+
+KINDS = ["truncated", "empty", "text", "truncated-safetensors", "torch-payload", "pickle-payload"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_malformed_weights_file_is_one_error_line_through_the_cli(kind, tmp_path, capsys):
+    """Exit 2 with one ``error:`` line saying what is wrong; never a traceback, never the advice
+    to load with ``weights_only=False``; a payload never runs."""
+    from bench.cli import main
+
+    marker = tmp_path / "pwned"
+    path, words = _malformed(kind, tmp_path, marker)
+    code = main(["run", "--methods", "kmeans", "--datasets", "digits", "--extractor", "tiny-vit", "--weights",
+                 str(path), "--no-cache", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    text = " ".join((out.out + out.err).split())                      # rich wraps long lines
+    assert code == 2 and "Traceback" not in text and text.count("error:") == 1, text
+    assert words in text and path.name in text and "weights_only" not in text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "torch-payload", "pickle-payload"])
+def test_malformed_weights_file_for_open_clip_is_one_line(tiny_clip_configs, kind, tmp_path):
+    marker = tmp_path / "pwned"
+    path, words = _malformed(kind, tmp_path, marker)
+    with pytest.raises(BenchError) as err:
+        OpenClipExtractor(name="clip-test", arch="bench-test-vit", tag="openai", weights=str(path))
+    msg = str(err.value)
+    assert words in msg and "\n" not in msg and "weights_only" not in msg and not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated-safetensors", "torch-payload"])
+def test_malformed_single_weights_file_for_transformers_is_one_line(kind, tmp_path, monkeypatch):
+    """The single-file path (config from the hub cache, here a small stand-in) reads the file with
+    bench's loader, outside the "do not fit" wrapper."""
+    small = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                                      patch_size=14)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: small)
+    marker = tmp_path / "pwned"
+    path, words = _malformed(kind, tmp_path, marker)
+    with pytest.raises(BenchError) as err:
+        HFExtractor(name="dinov2-vits14", hub_id="facebook/dinov2-small", family="dinov2", weights=str(path))
+    msg = str(err.value)
+    assert words in msg and "do not fit" not in msg and "\n" not in msg and "weights_only" not in msg
+    assert not marker.exists()

@@ -2,9 +2,11 @@ import importlib.metadata as md
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from bench import hookimpl, plugins
+from bench.api import Summariser, Summary
 from bench.errors import BenchError, UnknownNameError
 from bench.registry import Registry
 
@@ -64,3 +66,49 @@ def test_hookspecs_documented():
     for name in dir(hookspecs):
         if name.startswith("bench_"):
             assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
+
+
+class _NanRows(Summariser):
+    """Two codes and a 4-d embedding from the features, its first ``nan_rows`` rows NaN."""
+
+    name, version = "nan-rows-test", "1"
+
+    def __init__(self, *, nan_rows: int = 3):
+        self.nan_rows = nan_rows
+
+    def fit(self, data, *, seed=0):
+        feats = np.asarray(data.features(), dtype=np.float64)
+        emb = feats[:, :4].copy()
+        emb[: self.nan_rows] = np.nan
+        self.summary_ = Summary(codes=(feats[:, 0] > np.median(feats[:, 0])).astype(np.int64), embedding=emb)
+        return self
+
+
+class _FiniteRows(_NanRows):
+    name = "finite-rows-test"
+
+    def __init__(self, *, nan_rows: int = 0):
+        self.nan_rows = nan_rows
+
+
+def test_bench_check_fails_an_embedding_with_nan_rows(monkeypatch, capsys):
+    """``bench check`` on a method whose embedding has NaN rows: that check FAILs (exit 1); the
+    same method with finite rows passes every check (exit 0)."""
+    from bench.cli import main
+
+    module = types.ModuleType("bench_test_nan_rows")
+
+    @hookimpl
+    def bench_register_summarisers(registry):
+        registry.add("nan-rows-test", _NanRows)
+        registry.add("finite-rows-test", _FiniteRows)
+
+    module.bench_register_summarisers = bench_register_summarisers
+    monkeypatch.setitem(sys.modules, "bench_test_nan_rows", module)
+    load = plugins.load
+    monkeypatch.setattr(plugins, "load", lambda strict=False, entry_points=None: load(
+        strict=strict, entry_points=[_ep("nan-rows", "bench_test_nan_rows")]))
+    assert main(["check", "nan-rows-test"]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "check_fit_returns_self_and_valid_summary: FAIL" in text and "3 rows with NaN or inf (first: row 0)" in text
+    assert main(["check", "finite-rows-test"]) == 0, capsys.readouterr().out

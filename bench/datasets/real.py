@@ -1,4 +1,5 @@
-"""Real datasets read from local roots (never downloaded): folders of images and CIFAR pickles.
+"""Real datasets read from local roots (never downloaded): folders of images and CIFAR pickles
+(read by an unpickler that admits only arrays, lists, bytes and str: a crafted batch runs nothing).
 
 Folder datasets only *list* files at load time (sorted relative paths, so the order and the
 revision are deterministic); pixels are decoded lazily by ``ImageSource.loader(i)``.
@@ -24,12 +25,16 @@ import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.config import dataset_root, env_var
 from bench.datasets.base import DatasetSpec, ImageSource, content_revision
 from bench.errors import BenchError, DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                               ".pgm", ".pbm"})
@@ -40,11 +45,19 @@ DEFAULT_SIZE = 256
 
 
 def _walk(root: Path) -> list[str]:
-    """Sorted relative paths of image files under ``root`` (recursive, hidden entries skipped)."""
+    """Sorted relative paths of image files under ``root`` (recursive, hidden entries skipped).
+
+    Symlinked folders are followed, but one that leads back to a folder above it (a loop,
+    which would list forever) is a one-line DataError naming the link.
+    """
     out: list[str] = []
-    stack = [root]
+    try:
+        top = os.stat(root)
+    except OSError as e:
+        raise DataError(f"cannot list {root}: {e.strerror or e}") from None
+    stack = [(root, frozenset({(top.st_dev, top.st_ino)}))]
     while stack:
-        folder = stack.pop()
+        folder, above = stack.pop()
         try:
             entries = list(os.scandir(folder))
         except OSError as e:
@@ -52,8 +65,18 @@ def _walk(root: Path) -> list[str]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
-                stack.append(Path(entry.path))
+            try:
+                is_dir = entry.is_dir()
+                st = entry.stat() if is_dir else None
+            except OSError as e:
+                raise DataError(f"cannot read {entry.path}: {e.strerror or e} (a symbolic link loop? remove "
+                                "or fix the link)") from None
+            if st is not None:
+                ident = (st.st_dev, st.st_ino)
+                if ident in above:
+                    raise DataError(f"{entry.path} leads back to {os.path.realpath(entry.path)}, a folder above "
+                                    "it: a symbolic link loop; remove or fix the link")
+                stack.append((Path(entry.path), above | {ident}))
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
                 out.append(os.path.relpath(entry.path, root))
     out.sort()
@@ -72,6 +95,35 @@ def files_revision(root: Path, relpaths: list[str], extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
+def to_uint8_rgb(img) -> Image.Image:
+    """A PIL image as 8-bit RGB, high-bit-depth grey scaled from its nominal range, not clipped.
+
+    ``Image.convert("RGB")`` clips 16- and 32-bit grey values at 255 (a 0–65535 gradient comes
+    out nearly white) and floats at 1 (nearly black). The nominal range, as scikit-image's
+    ``img_as_ubyte`` and torchvision's dtype conversions define it: unsigned integers
+    0 … 2**bits − 1 (bits from the file: 16 for ``I;16*`` and 16-bit PNG/TIFF read as ``I``,
+    else 32), signed 32-bit integers 0 … 2**31 − 1 (negatives → 0), floats 0 … 1 (clipped).
+    Fixed per format, never per image, so equal values give equal pixels in every file.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if not (mode == "F" or mode == "I" or mode.startswith("I;")):
+        return img.convert("RGB")
+    values = np.asarray(img)
+    if mode == "F":
+        scaled = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), 0.0, 1.0) * 255.0
+    else:
+        bits = 16 if mode.startswith("I;16") or img.format == "PNG" else 32
+        tags = getattr(img, "tag_v2", None)
+        if mode == "I" and tags is not None and tags.get(258):
+            bits = min(int(b) for b in tags.get(258)) or bits
+        top = 2**31 - 1 if bits >= 32 else 2**bits - 1
+        scaled = np.clip(values.astype(np.float64), 0, top) * (255.0 / top)
+    grey = np.rint(scaled).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+
+
 def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
     """Decode one image to RGB uint8; ``size``: shorter side → size, centre crop to a square.
 
@@ -81,7 +133,7 @@ def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
 
     try:
         with Image.open(path) as opened:
-            img = opened.convert("RGB")  # forces a full decode: truncation is detected here
+            img = to_uint8_rgb(opened)  # forces a full decode: truncation is detected here
         if size is not None:
             w, h = img.size
             scale = size / min(w, h)
@@ -127,10 +179,21 @@ def _need_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as e:
+        raise DataError(f"cannot read {entry.path}: {e.strerror or e} (a symbolic link loop? remove or fix "
+                        "the link)") from None
+
+
 def scan_class_folders(root: Path, what: str) -> tuple[list[str], np.ndarray, list[str]]:
     """``root/<class>/**/<image>``: sorted relative paths, labels, class names (sorted folders)."""
     _need_dir(root, what)
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        classes = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and _is_dir(e))
+    except OSError as e:
+        raise DataError(f"{what}: cannot list {root}: {e.strerror or e}") from None
     relpaths: list[str] = []
     labels: list[int] = []
     for k, cls in enumerate(classes):
@@ -337,25 +400,95 @@ def load_passnet(*, size: int = DEFAULT_SIZE) -> ImageSource:
     return src
 
 
+def _safe_dtype(*args) -> np.dtype:
+    """``numpy.dtype`` for numeric types only (an object dtype would unpickle arbitrary objects)."""
+    dt = np.dtype(*args)
+    if dt.kind not in "biuf" or dt.fields is not None:
+        raise pickle.UnpicklingError(f"dtype {dt} is not a plain numeric array type")
+    return dt
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for ``bytes``."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is admitted only for latin1 text")
+    return text.encode("latin1")
+
+
+#: what ``numpy.ndarray`` resolves to: only a tag for ``_reconstruct``, not callable (so a pickle
+#: cannot build arrays of another dtype by calling it)
+_NDARRAY = object()
+
+
+def _reconstruct(subtype, shape, dtype) -> np.ndarray:
+    """numpy's pickle entry point for arrays (state set afterwards by ``ndarray.__setstate__``)."""
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("only plain numpy arrays are part of a CIFAR batch")
+    return np.ndarray.__new__(np.ndarray, shape, _safe_dtype(dtype))
+
+
+def _frombuffer(buf, dtype, shape, order) -> np.ndarray:
+    """numpy's protocol-5 pickle entry point for arrays."""
+    arr = np.frombuffer(buf, dtype=_safe_dtype(dtype))
+    return arr.reshape(shape, order="F" if order == "F" else "C")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, str, bytes, ints and numeric numpy
+    arrays. Any other global (``os.system``, ``builtins.eval`` …) is refused before it is
+    looked up, so a crafted batch file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # numpy 1 pickles
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 pickles
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,        # protocol 5
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _safe_dtype,
+        ("_codecs", "encode"): _latin1_encode,                     # bytes in protocol 2 from python 3
+    }
+
+    def find_class(self, module: str, name: str):
+        found = self.ALLOWED.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (not part of a CIFAR batch)")
+        return found
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not part of a CIFAR batch")
+
+
 def _unpickle(path: Path) -> dict:
+    """One CIFAR batch through :class:`_CifarUnpickler` (never plain ``pickle.load``)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
         raise BenchError(f"{path} is missing (expected the python-pickle CIFAR batches)") from None
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f"{path}: not a readable CIFAR pickle ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError, MemoryError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: not a readable CIFAR pickle ({detail})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path}: not a CIFAR batch (a {type(batch).__name__}, expected a dict)")
+    return batch
+
+
+def _field(batch: dict, key: bytes, path: Path):
+    if key not in batch:
+        raise DataError(f"{path}: not a CIFAR batch (no {key.decode()!r} entry)")
+    return batch[key]
 
 
 def _cifar_images(batches: list[dict], path: Path) -> np.ndarray:
-    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    data = np.concatenate([np.asarray(_field(b, b"data", path), dtype=np.uint8) for b in batches])
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: CIFAR rows must have 3072 values (3×32×32), got shape {data.shape}")
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
-def _names(meta: dict, key: bytes) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+def _names(meta: dict, key: bytes, path: Path) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, path)]
 
 
 def load_cifar10(split: str = "train") -> ImageSource:
@@ -363,8 +496,8 @@ def load_cifar10(split: str = "train") -> ImageSource:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     batches = [_unpickle(base / f) for f in files]
     images = _cifar_images(batches, base)
-    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
-    classes = _names(_unpickle(base / "batches.meta"), b"label_names")
+    labels = np.concatenate([np.asarray(_field(b, b"labels", base), dtype=np.int64) for b in batches])
+    classes = _names(_unpickle(base / "batches.meta"), b"label_names", base / "batches.meta")
     name = "cifar10" if split == "train" else "cifar10-test"
     return ImageSource(name=name, revision=content_revision(images, labels, extra=name), n=len(images),
                        array=images, labels=labels, class_names=classes, notes={"root": str(base), "split": split})
@@ -376,14 +509,14 @@ def load_cifar100(split: str = "train") -> ImageSource:
     batch = _unpickle(base / ("train" if split == "train" else "test"))
     meta = _unpickle(base / "meta")
     images = _cifar_images([batch], base)
-    labels = np.asarray(batch[b"fine_labels"], dtype=np.int64)
-    coarse = np.asarray(batch[b"coarse_labels"], dtype=np.int64)
-    coarse_names = _names(meta, b"coarse_label_names")
+    labels = np.asarray(_field(batch, b"fine_labels", base), dtype=np.int64)
+    coarse = np.asarray(_field(batch, b"coarse_labels", base), dtype=np.int64)
+    coarse_names = _names(meta, b"coarse_label_names", base / "meta")
     concepts = np.zeros((len(images), len(coarse_names)), dtype=bool)
     concepts[np.arange(len(images)), coarse] = True
     name = "cifar100" if split == "train" else "cifar100-test"
     return ImageSource(name=name, revision=content_revision(images, labels, coarse, extra=name), n=len(images),
-                       array=images, labels=labels, class_names=_names(meta, b"fine_label_names"),
+                       array=images, labels=labels, class_names=_names(meta, b"fine_label_names", base / "meta"),
                        concepts=concepts, concept_names=[f"superclass:{c}" for c in coarse_names],
                        concept_groups={"superclass": list(range(len(coarse_names)))},
                        notes={"root": str(base), "split": split})

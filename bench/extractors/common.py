@@ -42,8 +42,13 @@ def hub_cache_dir() -> str:
 
 
 def first_line(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line`` of an exception, for one-line errors. A message that mentions
+    ``weights_only`` (torch's advice to load with ``weights_only=False``, which would run code
+    from the file) is replaced by a neutral phrase."""
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
+    if "weights_only" in str(exc) or "weights only" in str(exc).lower():
+        line = "the file holds Python objects besides tensors, refused without running them"
     line = line if len(line) <= limit else line[:limit - 1] + "…"
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
@@ -74,14 +79,55 @@ def check_weights_path(name: str, weights: str, *, folder_ok: bool = False) -> P
     return path
 
 
+def _unreadable(path: Path, why: str) -> BenchError:
+    return BenchError(f"weights file {str(path)!r} cannot be read: {why}; --weights takes a state dict saved by "
+                      "torch.save(model.state_dict(), ...) or safetensors")
+
+
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``: text, objects besides tensors, or
+    a truncated / corrupt file (torch's own message is not passed on)."""
+    import pickle
+
+    with open(path, "rb") as f:
+        sample = f.read(512)
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in sample):
+        return "it is a text file, not saved weights"
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
+        return "it holds Python objects besides tensors, refused without running them"
+    return f"truncated or corrupt ({type(exc).__name__})"
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch pickle (weights only), unwrapping 'state_dict'/'model'."""
+    """A state dict from .safetensors or a torch file (``weights_only=True``: tensors and plain
+    containers, nothing is unpickled that could run code), unwrapping 'state_dict'/'model'.
+
+    A malformed file (empty, truncated, text, Python objects besides tensors) is one line
+    saying what is wrong; the loaders' own messages are not passed on, as torch's suggests
+    ``weights_only=False``, which would run whatever the file holds.
+    """
+    import warnings
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _unreadable(path, exc.strerror or type(exc).__name__) from None
+    if size == 0:
+        raise _unreadable(path, "the file is empty")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd: Any = load_file(str(path), device="cpu")
+        try:
+            sd: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and friends; reported in one line
+            raise _unreadable(path, f"not a complete safetensors file ({first_line(exc)})") from None
     else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            with warnings.catch_warnings():  # torch warns about plain pickles before refusing them
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip) …; one line
+            raise _unreadable(path, _why_unreadable(path, exc)) from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]

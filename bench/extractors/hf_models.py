@@ -95,8 +95,9 @@ class HFExtractor(ModelExtractor):
                              f"{self.hub_id!r}, which is not cached ({first_line(exc)}); pass a model folder "
                              "with config.json (save_pretrained layout) as --weights instead") from None
         model = model_cls(config)
+        state_dict = load_state_dict_file(path)  # outside the try: its one-line errors say what is wrong
         try:
-            model.load_state_dict(load_state_dict_file(path), strict=True)
+            model.load_state_dict(state_dict, strict=True)
         except Exception as exc:  # noqa: BLE001 - loaders raise many types; reported in one line
             raise BenchError(f"extractor {self.name!r}: the weights in {str(path)!r} do not fit "
                              f"{self.hub_id!r} ({first_line(exc)})") from None

@@ -22,6 +22,7 @@ from bench.extractors.common import (
     download_error,
     first_line,
     lnd_to_nct,
+    load_state_dict_file,
     nlc_to_nct,
 )
 from bench.extractors.transforms import from_open_clip_config
@@ -44,6 +45,9 @@ class OpenClipExtractor(ModelExtractor):
             # a file carries no preprocessing: take the tag's, as open_clip does for the tag itself
             keys = ("size", "mean", "std", "interpolation", "resize_mode")
             tag_pp = {k: tag_cfg[k] for k in keys if k in tag_cfg}
+            # read once by bench's loader first, so a malformed file is a one-line error saying what is
+            # wrong (open_clip reads it again: its conversions need the path)
+            load_state_dict_file(path)
             try:
                 model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu,
                                                force_preprocess_cfg=tag_pp, device="cpu")

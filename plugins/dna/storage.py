@@ -147,21 +147,28 @@ def load_dna(path: str | os.PathLike, device: torch.device | str = "cpu") -> DNA
     extractor = ours.get("extractor") or {"name": meta.get("feature_extractor_name", "NotFilled")}
     common = {"neurons": neurons, "num_images": int(meta.get("num_images", 0)), "extractor": extractor,
               "sample": ours.get("sample", "positions"), "source": str(meta.get("data_settings", {}).get("source", ""))}
-    with np.load(npath) as data:
-        try:
-            if kind == "histogram":
-                bins = int(ours.get("bins") or meta["distribution"]["hist_nb_bins"])
-                ranges = Ranges.from_json(ours["ranges"]) if ours.get("ranges") else None
-                counts = {k: torch.from_numpy(data[k].astype(np.int64)).to(device) for k in neurons}
-                return HistogramDNA(**common, counts=counts, bins=bins, ranges=ranges)
-            if kind == "gaussian":
-                return GaussianDNA(**common, mu={k: _f64(data[f"mu-{k}"], device) for k in neurons},
-                                   var={k: _f64(data[f"var-{k}"], device) for k in neurons})
-            if kind == "layer-gaussian":
-                return LayerGaussianDNA(**common, mu={k: _f64(data[f"mu-{k}"], device) for k in neurons},
-                                        sigma={k: _f64(data[f"sigma-{k}"], device) for k in neurons})
-        except KeyError as exc:
-            raise DataError(f"dna: {str(npath)!r} lacks array {exc.args[0]!r} for its {kind} DNA") from None
+    try:
+        with np.load(npath, allow_pickle=False) as data:  # never unpickle: a placed .npz cannot run code
+            return _arrays_to_dna(kind, data, neurons, ours, meta, common, device)
+    except KeyError as exc:
+        raise DataError(f"dna: {str(npath)!r} lacks array {exc.args[0]!r} for its {kind} DNA") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # object arrays, truncated or not a zip
+        raise DataError(f"dna: {str(npath)!r} is not a readable DNA array file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _arrays_to_dna(kind, data, neurons, ours, meta, common, device) -> DNA:
+    if kind == "histogram":
+        bins = int(ours.get("bins") or meta["distribution"]["hist_nb_bins"])
+        ranges = Ranges.from_json(ours["ranges"]) if ours.get("ranges") else None
+        counts = {k: torch.from_numpy(data[k].astype(np.int64)).to(device) for k in neurons}
+        return HistogramDNA(**common, counts=counts, bins=bins, ranges=ranges)
+    if kind == "gaussian":
+        return GaussianDNA(**common, mu={k: _f64(data[f"mu-{k}"], device) for k in neurons},
+                           var={k: _f64(data[f"var-{k}"], device) for k in neurons})
+    if kind == "layer-gaussian":
+        return LayerGaussianDNA(**common, mu={k: _f64(data[f"mu-{k}"], device) for k in neurons},
+                                sigma={k: _f64(data[f"sigma-{k}"], device) for k in neurons})
     raise DataError(f"dna: cannot load a DNA of type {kind!r}; known: histogram, gaussian, layer-gaussian")
 
 

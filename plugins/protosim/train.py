@@ -49,8 +49,12 @@ from bench.errors import BenchError
 
 log = logging.getLogger("bench.protosim")
 
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_VERSION = 1
+#: tensors as safetensors, everything else as JSON in its header: loading never unpickles
+CHECKPOINT = "checkpoint.safetensors"
+#: the pickle format of earlier versions: never loaded (unpickling a placed file can run code)
+LEGACY_CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 2
+_META_KEY = "bench_protosim"
 
 
 @dataclass
@@ -154,10 +158,19 @@ def load_dino_heads(path: str, student: ProtoSimNet, teacher: ProtoSimNet) -> No
 
     if not Path(path).is_file():
         raise BenchError(f"protosim: head_checkpoint {path!r} is not a file (a DINO full checkpoint)")
+    import argparse
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # weights only, plus argparse.Namespace: DINO stores its command line under "args" (a plain
+        # attribute bag, so admitting it runs no code)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types; reported in one line
-        raise BenchError(f"protosim: cannot read head_checkpoint {path!r} ({type(exc).__name__})") from None
+        why = ("it holds Python objects besides tensors, refused without running them"
+               if "weights only" in str(exc).lower() else type(exc).__name__)
+        raise BenchError(f"protosim: cannot read head_checkpoint {path!r} ({why})") from None
+    if not isinstance(state, dict):
+        raise BenchError(f"protosim: head_checkpoint {path!r} is not a DINO full checkpoint (a dict)")
     for part, net in (("student", student), ("teacher", teacher)):
         if part not in state:
             raise BenchError(f"protosim: head_checkpoint {path!r} has no {part!r} entry (not a DINO full "
@@ -382,33 +395,121 @@ class Trainer:
 
     def _write(self, epoch, student, teacher, optimizer, loss_fn, history) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint(), "epoch": epoch,
-                 "student": student.state_dict(), "teacher": teacher.state_dict(),
-                 "optimizer": optimizer.state_dict(), "center": loss_fn.center.detach().cpu(),
+        state = {"epoch": epoch, "student": student.state_dict(), "teacher": teacher.state_dict(),
+                 "optimizer": optimizer.state_dict(), "center": loss_fn.center.detach(),
                  "history": history, "config": asdict(self.cfg), "seed": self.seed}
         path = self.checkpoint_dir / CHECKPOINT
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        write_checkpoint(tmp, state, fingerprint=self.fingerprint())
         os.replace(tmp, path)  # a crash mid-write leaves the previous epoch's checkpoint intact
 
     def _load(self, student, teacher, optimizer, loss_fn) -> dict | None:
+        """The saved state when this run's checkpoint exists. The run identity (fingerprint of
+        config, seed, data and backbone) is checked from the JSON header before any tensor is
+        read; another run's checkpoint is an error, not a fresh start, because a fresh start
+        would overwrite it at the end of the first epoch."""
         path = self.checkpoint_dir / CHECKPOINT
+        legacy = self.checkpoint_dir / LEGACY_CHECKPOINT
+        if self.resume and not path.exists() and legacy.exists() and self.ctx.is_main:
+            log.warning("protosim: ignoring %s: checkpoints in the old pickle format are never loaded (unpickling "
+                        "a file can run code); training starts afresh and writes %s", legacy, CHECKPOINT)
         if not self.resume or not path.exists():
             return None
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise BenchError(f"protosim: cannot read checkpoint {path} ({type(exc).__name__}); "
-                             "delete it or use resume=False") from exc
-        if state.get("fingerprint") != self.fingerprint():
-            raise BenchError(f"protosim: the checkpoint in {self.checkpoint_dir} is from a different run "
-                             "(data, parameters, seed or backbone differ); use another checkpoint_dir "
-                             "or resume=False")
+        state = read_checkpoint(path, fingerprint=self.fingerprint())
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         loss_fn.center.copy_(state["center"].to(self.device))
         return state
+
+
+# ---------------------------------------------------------------------- checkpoint files
+
+
+def _pack(obj, tensors: dict[str, torch.Tensor], storages: set[int]):
+    """JSON for ``obj`` with every tensor moved into ``tensors`` (named t0, t1 …). Dicts and
+    tuples are tagged so that int keys (optimizer state) and tuples (betas) come back as saved."""
+    if isinstance(obj, torch.Tensor):
+        name = f"t{len(tensors)}"
+        t = obj.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages and t.numel():  # safetensors refuses tensors that share memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[name] = t
+        return {"tensor": name}
+    if isinstance(obj, dict):
+        return {"dict": [[k, _pack(v, tensors, storages)] for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"tuple": [_pack(v, tensors, storages) for v in obj]}
+    if isinstance(obj, list):
+        return [_pack(v, tensors, storages) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"protosim: cannot checkpoint a {type(obj).__name__}")
+
+
+def _unpack(obj, get: Callable[[str], torch.Tensor]):
+    if isinstance(obj, list):
+        return [_unpack(v, get) for v in obj]
+    if isinstance(obj, dict):
+        (tag, value), = obj.items()
+        if tag == "tensor":
+            return get(value)
+        if tag == "tuple":
+            return tuple(_unpack(v, get) for v in value)
+        if tag == "dict":
+            return {k: _unpack(v, get) for k, v in value}
+        raise ValueError(f"unknown entry {tag!r}")
+    return obj
+
+
+def write_checkpoint(path: Path, state: dict, *, fingerprint: str) -> None:
+    """``state`` (tensors, optimizer state, history …) as one safetensors file whose header
+    holds the version, the run fingerprint and the JSON of everything that is not a tensor."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    body = _pack(state, tensors, set())
+    meta = {"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "state": body}
+    save_file(tensors, str(path), metadata={_META_KEY: json.dumps(meta)})
+
+
+def read_checkpoint(path: Path, *, fingerprint: str | None = None) -> dict:
+    """The state written by :func:`write_checkpoint`, tensors on the CPU. With ``fingerprint``,
+    a checkpoint of another run (or version) is refused from the header alone, before any
+    tensor is read. Nothing is unpickled."""
+    from safetensors import safe_open
+
+    def unreadable(why: str) -> BenchError:
+        return BenchError(f"protosim: cannot read checkpoint {path} ({why}); delete it or use resume=False")
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "null"))
+            if not isinstance(meta, dict) or "state" not in meta:
+                raise unreadable("not a protosim checkpoint")
+            if meta.get("version") != CHECKPOINT_VERSION:
+                raise unreadable(f"format version {meta.get('version')!r}, this bench writes {CHECKPOINT_VERSION}")
+            if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+                raise BenchError(f"protosim: the checkpoint in {path.parent} is from a different run (data, "
+                                 "parameters, seed or backbone differ); use another checkpoint_dir or resume=False")
+            names = set(f.keys())
+
+            def get(name: str) -> torch.Tensor:
+                if name not in names:
+                    raise ValueError(f"tensor {name!r} is missing")
+                return f.get_tensor(name)
+
+            state = _unpack(meta["state"], get)
+    except BenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors / json raise many types; reported in one line
+        raise unreadable(type(exc).__name__) from None
+    if not isinstance(state, dict) or not {"epoch", "student", "teacher", "optimizer", "center",
+                                           "history"} <= set(state):
+        raise unreadable("entries are missing")
+    return state
 
 
 class _Bar:

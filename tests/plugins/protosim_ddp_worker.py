@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from bench_protosim.data import Backbone, ImageTable
 from bench_protosim.method import ProtoSim
-from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer
+from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer, read_checkpoint
 
 from bench import distributed
 from bench.api import DataView
@@ -49,7 +49,7 @@ def make_trainer(checkpoint_dir: Path, **over) -> Trainer:
 
 
 def final_state(checkpoint_dir: Path) -> dict:
-    state = torch.load(checkpoint_dir / CHECKPOINT, weights_only=False)
+    state = read_checkpoint(checkpoint_dir / CHECKPOINT)
     return {k: state[k] for k in ("epoch", "student", "teacher", "center", "history")}
 
 

@@ -392,6 +392,33 @@ def test_loads_a_vdna_written_file(tmp_path):
         load_dna(tmp_path / "missing")
 
 
+class _Payload:
+    """Unpickling this runs ``os.system`` and leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_placed_npz_with_pickled_objects_runs_nothing_and_is_one_line(tmp_path):
+    meta = {"type": "histogram", "name": "histogram-5", "distribution": {"hist_nb_bins": 5}, "num_images": 1,
+            "feature_extractor_name": "x", "neurons_list": {"block_0": 2}, "data_settings": {},
+            "extraction_settings": {}}
+    (tmp_path / "v.json").write_text(json.dumps(meta))
+    marker = tmp_path / "pwned"
+    np.savez(tmp_path / "v.npz", block_0=np.array([_Payload(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"v\.npz' is not a readable DNA array file \(ValueError: Object arrays"):
+        load_dna(tmp_path / "v")
+    assert not marker.exists()
+    (tmp_path / "v.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="not a readable DNA array file"):
+        load_dna(tmp_path / "v")
+
+
 # --------------------------------------------------------------------------- aggregation, selection
 
 

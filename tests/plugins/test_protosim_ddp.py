@@ -130,7 +130,7 @@ def test_two_processes_resume_and_checkpoint_on_rank_zero(two_processes):
             assert torch.equal(resumed[part][name], value), name
     assert torch.equal(resumed["center"], full["center"]) and resumed["history"] == full["history"]
     assert len({r["resumed"] for r in two_processes["ranks"]}) == 1
-    assert two_processes["files"] == {run: ["checkpoint.pt"] for run in [*RUNS, "resumed"]}
+    assert two_processes["files"] == {run: ["checkpoint.safetensors"] for run in [*RUNS, "resumed"]}
     assert "divisible by the 2 ranks" in two_processes["odd_batch_error"]
 
 

@@ -16,7 +16,7 @@ from bench_protosim.data import Backbone, ImageTable
 from bench_protosim.init import backbone_tokens, kmeans_prototypes
 from bench_protosim.layer import ProtoSimLayer
 from bench_protosim.method import QUICK_PARAMS, ProtoSim, ProtoSimComparator
-from bench_protosim.train import TrainConfig, Trainer
+from bench_protosim.train import TrainConfig, Trainer, read_checkpoint
 
 from bench.api import DataView
 from bench.datasets.base import ImageSource, content_revision
@@ -119,7 +119,7 @@ def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, t
     broken.on_step = interrupt
     with pytest.raises(KeyboardInterrupt):
         broken.run()
-    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint(tmp_path / "resumed" / "checkpoint.safetensors")
     assert state["epoch"] == 0                                                   # epoch 1 never finished
     resumed = _trainer(passnet_view, tmp_path / "resumed", prototype_init=init).run()
     assert resumed.resumed_from_epoch == 0
@@ -134,6 +134,47 @@ def test_resume_after_interrupted_epoch_equals_uninterrupted_run(passnet_view, t
                                                          full.student.protosim.prototypes)
     with pytest.raises(BenchError, match="different run"):
         _trainer(passnet_view, tmp_path / "full", n_prototypes=32, prototype_init=init).run()
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` and leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_are_never_unpickled_and_identity_comes_first(passnet_view, tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save({"fingerprint": _Payload(marker), "epoch": 0}, legacy / "checkpoint.pt")    # the old format
+    with caplog.at_level("WARNING", logger="bench.protosim"):
+        result = _trainer(passnet_view, legacy, epochs=1).run()
+    assert not marker.exists() and result.resumed_from_epoch == -1
+    assert len([r for r in caplog.records if "old pickle format" in r.getMessage()]) == 1
+    fresh = _trainer(passnet_view, tmp_path / "fresh", epochs=1).run()                    # a fresh start, exactly
+    assert all(torch.equal(a, b) for a, b in zip(fresh.student.state_dict().values(),
+                                                 result.student.state_dict().values()))
+    # a pickle under the new name is not a safetensors file: one line, nothing runs
+    placed = tmp_path / "placed"
+    placed.mkdir()
+    (placed / "checkpoint.safetensors").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(BenchError, match=r"cannot read checkpoint .* delete it or use resume=False"):
+        _trainer(passnet_view, placed, epochs=1).run()
+    assert not marker.exists()
+    # another run's checkpoint is refused from its header: its tensors (wrong shapes here) are never used
+    with pytest.raises(BenchError, match="different run"):
+        _trainer(passnet_view, legacy, epochs=1, n_prototypes=32).run()
+    state = read_checkpoint(legacy / "checkpoint.safetensors")
+    assert state["epoch"] == 0 and state["seed"] == 0 and isinstance(state["optimizer"]["state"], dict)
+    assert all(isinstance(k, int) for k in state["optimizer"]["state"])
+    assert isinstance(state["optimizer"]["param_groups"][0]["betas"], tuple)
+    assert state["history"] == result.history
 
 
 def test_kmeans_init_makes_the_first_assignment_the_spherical_kmeans_one(passnet_view, tmp_path):

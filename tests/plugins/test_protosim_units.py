@@ -3,6 +3,7 @@ loss / EMA / centring, torchvision's colour ops and resize, the 95 % rule on a h
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -365,7 +366,8 @@ def test_dino_heads_load_from_a_full_checkpoint(tmp_path):
     s_src, t_src = net(), net()
     ckpt = {"student": {**{f"module.head.{k}": v for k, v in s_src.head.state_dict().items()},
                         "module.backbone.cls_token": torch.zeros(1, 1, 8)},
-            "teacher": {f"head.{k}": v for k, v in t_src.head.state_dict().items()}, "epoch": 99}
+            "teacher": {f"head.{k}": v for k, v in t_src.head.state_dict().items()}, "epoch": 99,
+            "args": argparse.Namespace(arch="vit_small", lr=0.0005, out_dim=5)}   # as DINO's main_dino.py saves
     path = tmp_path / "dino_full_checkpoint.pth"
     torch.save(ckpt, path)
     student, teacher = net(), net()
@@ -380,3 +382,21 @@ def test_dino_heads_load_from_a_full_checkpoint(tmp_path):
         load_dino_heads(str(path), wrong, net())
     with pytest.raises(BenchError, match="not a file"):
         load_dino_heads(str(tmp_path / "missing.pth"), net(), net())
+    # anything else is refused without running it, and the message never suggests weights_only=False
+    marker = tmp_path / "pwned"
+    torch.save({**ckpt, "args": _Payload(marker)}, tmp_path / "crafted.pth")
+    with pytest.raises(BenchError, match="Python objects besides tensors") as err:
+        load_dino_heads(str(tmp_path / "crafted.pth"), net(), net())
+    assert not marker.exists() and "weights_only" not in str(err.value)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` and leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
