@@ -330,6 +330,12 @@ class Comparator(_Method):
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
         raise NotImplementedError
 
+    def score(self, a: DataView, b: DataView, *, seed: int = 0) -> float:
+        """The score alone, for the many null draws and bootstrap resamples of ``bench compare``.
+        Override when ``compare`` spends time on detail or findings the score does not need;
+        it must equal ``compare(a, b, seed=seed).score``."""
+        return float(self.compare(a, b, seed=seed).score)
+
     def summarise(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:  # pragma: no cover - optional
         raise NotImplementedError
 

@@ -136,7 +136,7 @@ def _direction(comparator: Comparator) -> float:
 
 
 def _score(comparator: Comparator, a: DataView, b: DataView, seed: int) -> float:
-    score = float(comparator.compare(a, b, seed=seed).score)
+    score = float(comparator.score(a, b, seed=seed))
     if not np.isfinite(score):
         raise DataError(f"{comparator.name}: the comparison score is {score} ({len(a)} vs {len(b)} images)")
     return score
@@ -185,12 +185,17 @@ def bootstrap(score_fn, n_a: int | None, n_b: int, reps: int, seed: int) -> np.n
 class CompareRun:
     """``bench compare`` (``cfg.b`` set) or ``bench summarise`` (``cfg.save`` set), validated in ``__init__``."""
 
-    def __init__(self, cfg: CompareConfig, regs: plugins.Registries | None = None, echo=print):
+    def __init__(self, cfg: CompareConfig, regs: plugins.Registries | None = None, echo=print,
+                 sides: tuple[Side, Side | None] | None = None):
+        """``sides``: already opened sides (e.g. sources made in memory) instead of ``cfg.a`` / ``cfg.b``."""
         self.cfg, self.echo = cfg, echo
         self.regs = regs or plugins.load()
         self._validate_numbers()
-        self.a = open_side(cfg.a, self.regs, cfg.limit, "A")
-        self.b = open_side(cfg.b, self.regs, cfg.limit, "B") if cfg.b is not None else None
+        if sides is not None:
+            self.a, self.b = sides
+        else:
+            self.a = open_side(cfg.a, self.regs, cfg.limit, "A")
+            self.b = open_side(cfg.b, self.regs, cfg.limit, "B") if cfg.b is not None else None
         self._validate_sides()
         self.methods = self._methods()
         settings = [s if not isinstance(s, str) else parse_setting(s) for s in cfg.settings]
@@ -355,7 +360,7 @@ class CompareRun:
                                  None, self.b.n, cfg.bootstrap, seed)
                 artefacts["bootstrap"] = boot
                 metrics["ci_low"], metrics["ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-                rec.tables["ci"] = [{"bootstrap": cfg.bootstrap, "resampled": "B only"}]
+                rec.tables["ci"] = [_ci_row(boot, metrics["score"], cfg.bootstrap, "B only")]
         else:
             union = self._view(concat(self.a.source, self.b.source))
             n_a = self.a.n
@@ -375,7 +380,7 @@ class CompareRun:
                                  n_a, self.b.n, cfg.bootstrap, seed)
                 artefacts["bootstrap"] = boot
                 metrics["ci_low"], metrics["ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-                rec.tables["ci"] = [{"bootstrap": cfg.bootstrap, "resampled": "A and B, each within itself"}]
+                rec.tables["ci"] = [_ci_row(boot, metrics["score"], cfg.bootstrap, "A and B, each within itself")]
             if cfg.per_class:
                 rec.tables["per_class"] = self._per_class(comparator, union, n_a, direction)
         rec.metrics = {k: records.Metric(value=v, higher_is_better=HIGHER_IS_BETTER.get(k)) for k, v in metrics.items()
@@ -408,6 +413,15 @@ class CompareRun:
                 row["p_value"] = p_value(row["score"], null, direction)
             rows.append(row)
         return rows
+
+
+def _ci_row(boot: np.ndarray, score: float, reps: int, resampled: str) -> dict[str, Any]:
+    """How the CI was made, and whether the resamples' scores sit around the score: a resample
+    repeats images, which a nearest-neighbour or clustering score reads as near-duplicates, so for
+    those the bootstrap distribution is shifted and the CI shows spread, not location."""
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"bootstrap": reps, "resampled": resampled, "bootstrap_mean": float(boot.mean()),
+            "covers_score": bool(lo <= score <= hi)}
 
 
 def _findings_artefacts(result: Comparison) -> dict[str, Any]:

@@ -127,6 +127,12 @@ def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> li
         ok = same <= other + 1e-9 if cls.larger_is_more_different else same >= other - 1e-9
         assert ok, f"d(A, A)={same} is more different than d(A, B)={other}"
 
+    def check_score_equals_compare():
+        obj = _new(cls, params)
+        full, alone = float(obj.compare(a, b, seed=0).score), float(_new(cls, params).score(a, b, seed=0))
+        assert math.isclose(full, alone, rel_tol=1e-9, abs_tol=1e-12), \
+            f"score() gave {alone} but compare().score {full}"
+
     def check_seed_determinism():
         s1 = _new(cls, params).compare(a, b, seed=0).score
         s2 = _new(cls, params).compare(a, b, seed=0).score
@@ -151,7 +157,7 @@ def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> li
             f"compare against the saved summary gave {saved}, the direct compare {direct}"
 
     checks = [check_class_attributes, check_returns_finite_comparison, check_identity_is_least_different,
-              check_seed_determinism]
+              check_score_equals_compare, check_seed_determinism]
     if tags_of(cls).supports_summary:
         checks.append(check_saved_summary_equals_direct_compare)
     return checks

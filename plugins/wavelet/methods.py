@@ -212,7 +212,8 @@ class WaveletComparator(Comparator):
         self.ssim_win_size = ssim_win_size
         self.backend = backend
 
-    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+    def _nearest(self, a: DataView, b: DataView) -> dict:
+        """The score from nearest-neighbour distances in wavelet space, and what it was made of."""
         if self.n_candidates is not None and (not isinstance(self.n_candidates, (int, np.integer))
                                               or self.n_candidates < 1):
             raise BenchError(f"wavelet: n_candidates must be a positive integer or None, got {self.n_candidates!r}")
@@ -236,6 +237,17 @@ class WaveletComparator(Comparator):
         means = {k: max(float(v.mean()), floor) for k, v in
                  (("ba", d_ba), ("ab", d_ab), ("aa", d_aa), ("bb", d_bb))}
         score = 0.5 * (np.log(means["ba"] / means["bb"]) + np.log(means["ab"] / means["aa"]))
+        return {"ia": ia, "ib": ib, "wa": wa, "wb": wb, "d_ba": d_ba, "i_ba": i_ba, "d_ab": d_ab, "i_ab": i_ab,
+                "means": means, "score": float(score)}
+
+    def score(self, a: DataView, b: DataView, *, seed: int = 0) -> float:
+        """The score alone (no near-duplicate analysis): what a null draw or a bootstrap resample needs."""
+        return self._nearest(a, b)["score"]
+
+    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+        nn = self._nearest(a, b)
+        ia, ib, wa, wb, means, score = nn["ia"], nn["ib"], nn["wa"], nn["wb"], nn["means"], nn["score"]
+        d_ba, i_ba, d_ab, i_ab = nn["d_ba"], nn["i_ba"], nn["d_ab"], nn["i_ab"]
         kw_tt = dict(threshold=self.ssim_threshold, n_candidates=self.n_candidates, win_size=self.ssim_win_size,
                      device=a.device)
         b_in_a = train_test_analysis(ia, ib, w_train=wa, w_test=wb, **kw_tt)
