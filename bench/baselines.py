@@ -196,7 +196,12 @@ class FrechetDistance(Comparator):
         if mu.shape != x.shape[1:]:
             raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {x.shape[1]}")
         mean_term = float(((mu - x.mean(0)) ** 2).sum())
-        return _fd_result(frechet_distance(mu, sigma, x.mean(0), np.cov(x, rowvar=False)), mean_term)
+        sigma_b = np.cov(x, rowvar=False)
+        # Tr √(ΣA ΣB) = ‖ΣA^½ ΣB^½‖_*: exact for the singular covariances of few images, where the
+        # eigenvalues of the non-symmetric product lose digits
+        tr_sqrt = linalg.svdvals(_sym_sqrt(sigma) @ _sym_sqrt(sigma_b)).sum()
+        fd = mean_term + float(np.trace(sigma) + np.trace(sigma_b) - 2.0 * tr_sqrt)
+        return _fd_result(fd, mean_term)
 
 
 def _fd_result(fd: float, mean_term: float) -> Comparison:

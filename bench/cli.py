@@ -32,7 +32,7 @@ def _console(stderr: bool) -> Console:
     """Rich console; when piped (CI logs, files) use a wide fixed width so tables stay readable."""
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, width=160 if piped else None)
+    return Console(stderr=stderr, highlight=False, width=160 if piped else None, soft_wrap=True)
 
 
 console = _console(stderr=False)

@@ -85,7 +85,7 @@ def render_html(run: RunData, sections: list[ReportSection]) -> str:
     """The whole page: header, table of contents, sections (notes, HTML, figures)."""
     from bench import __version__
 
-    datasets = sorted({r.dataset.name for r in run.records})
+    datasets = sorted({d.name for r in run.records for d in (r.dataset, r.dataset_b) if d is not None})
     methods = sorted({r.method.name for r in run.records})
     extractors = sorted({r.features.extractor for r in run.records})
     n_err = sum(r.status != "ok" for r in run.records)

@@ -73,12 +73,18 @@ def load(path: Path | str) -> SavedSummary:
     if not path.is_file():
         raise BenchError(f"saved summary {str(path)!r} does not exist; make one with "
                          f"`bench summarise DATASET --save {path.name}`")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise BenchError(f"{str(path)!r} is not a readable bench summary (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z[META]).decode("utf-8"))
             arrays = {k: z[k] for k in z.files if k != META}
     except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError) as exc:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "pickle" in why:   # numpy's advice to allow pickles is not ours to give
+            why = "it holds Python objects, which bench never unpickles"
         raise BenchError(f"{str(path)!r} is not a readable bench summary ({why})") from None
     if meta.get("format") != FORMAT:
         raise BenchError(f"{str(path)!r} is not a bench summary (format {meta.get('format')!r})")

@@ -46,11 +46,11 @@ def _histograms_figure(ha: HistogramDNA, hb: HistogramDNA, top: list[dict]) -> n
 def dna_findings(detail: dict[str, Any], ha: HistogramDNA | None, hb: HistogramDNA | None, *,
                  unit: str) -> list[Finding]:
     per_layer = sorted(detail.get("per_layer", {}).items(), key=lambda kv: -kv[1])
-    out = [Finding("layers whose neurons differ most",
-                   rows=[{"layer": k, f"mean distance ({unit})": v} for k, v in per_layer])]
+    out = [Finding(f"layers whose neurons differ most ({unit})",
+                   rows=[{"layer": k, "mean distance": v} for k, v in per_layer])]
     top = list(detail.get("top_neurons") or [])
     if top:
-        finding = Finding("neurons that differ most", rows=[{**r, "unit": unit} for r in top])
+        finding = Finding(f"neurons that differ most ({unit})", rows=top)
         if ha is not None and hb is not None:
             finding.figures["histograms"] = _histograms_figure(ha, hb, top[:DRAWN])
         out.append(finding)
