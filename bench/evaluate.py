@@ -98,22 +98,28 @@ def comparison_pairs(view: DataView, seed: int) -> tuple[tuple[np.ndarray, np.nd
                                                          tuple[np.ndarray, np.ndarray], str]:
     """(between-pair, null-pair, description) of positions in ``view``.
 
-    between: group 0 vs group 1 when groups exist, else lower vs upper half of the classes;
-    null: two disjoint random halves of group 0 (or of the whole dataset).
+    between: group 0 vs group 1 when groups exist, else lower vs upper half of the classes.
+    null: two disjoint seeded random halves of the between pair's *first* side (group 0, or
+    the lower half of the classes), so ``score_null`` is always a split-half within one side,
+    grouped dataset or not; a dataset with neither groups nor two classes has no between pair
+    and its null splits the whole dataset.
     """
     groups, labels = view.groups, view.labels
     if groups is not None and len(np.unique(groups)) > 1:
         g = np.unique(groups)
         first, second = np.flatnonzero(groups == g[0]), np.flatnonzero(groups == g[1])
-        h1, h2 = _halves(len(first), seed)
         names = view.source.group_names or [str(x) for x in g]
-        return (first, second), (first[h1], first[h2]), f"{names[0]} vs {names[1]}"
-    h1, h2 = _halves(len(view), seed)
-    if labels is not None and len(np.unique(labels)) > 1:
+        between, what = (first, second), f"{names[0]} vs {names[1]}"
+    elif labels is not None and len(np.unique(labels)) > 1:
         classes = np.unique(labels)
         low = np.isin(labels, classes[: len(classes) // 2])
-        return (np.flatnonzero(low), np.flatnonzero(~low)), (h1, h2), "lower vs upper half of the classes"
-    return None, (h1, h2), "random halves"
+        between, what = (np.flatnonzero(low), np.flatnonzero(~low)), "lower vs upper half of the classes"
+    else:
+        h1, h2 = _halves(len(view), seed)
+        return None, (h1, h2), "random halves"
+    side = between[0]
+    h1, h2 = _halves(len(side), seed)
+    return between, (side[h1], side[h2]), what
 
 
 def _score(comparator: Comparator, a: DataView, b: DataView, seed: int):

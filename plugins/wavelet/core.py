@@ -380,3 +380,76 @@ def train_test_analysis(train: np.ndarray, test: np.ndarray, *, threshold: float
     near = sim >= threshold
     return {"nearest": best.astype(np.int64), "similarity": sim, "near_identical": near,
             "share": float(near.mean()), "least_similar": np.argsort(sim, kind="stable")}
+
+
+# --------------------------------------------------------------------------- nearest-neighbour mode
+
+
+def approximation_level(shape: tuple[int, int], side: int) -> int:
+    """The Haar level whose approximation band is at most ``side`` pixels on the shorter side
+    (at least 1): 64 px → 2 and 128 px → 3 for ``side=16``."""
+    if not isinstance(side, (int, np.integer)) or side < 2:
+        raise BenchError(f"wavelet: knn_side must be an integer >= 2, got {side!r}")
+    level, short = 1, min(shape) / 2
+    while short > side:
+        short /= 2
+        level += 1
+    return level
+
+
+def normalised_rows(w: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit length (float64): a brightness gain and offset change nothing;
+    a constant row stays zero."""
+    x = np.asarray(w, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+@dataclass
+class KnnDuplicates:
+    pairs: np.ndarray            # (P, 2) decided pairs, i < j, sorted
+    distance: np.ndarray         # (P,) exact float64 distance of each pair
+    relative: np.ndarray         # (P,) distance / the closer image's typical neighbour distance
+    n_candidates: int            # distinct candidate pairs examined
+    typical: np.ndarray          # (n,) each image's typical (median non-zero k-NN) distance
+
+
+def knn_duplicates(x: np.ndarray, *, n_neighbours: int = 5, threshold: float = 0.5) -> KnnDuplicates:
+    """Near-duplicate pairs among the rows of ``x`` (float64, e.g. :func:`normalised_rows`).
+
+    Candidates: each row's ``n_neighbours`` nearest rows (faiss flat L2). Decision per pair, not
+    one global cut: the pair's exact float64 distance d(i, j) (identical rows: exactly 0) relative
+    to r = min(r_i, r_j), r_i = the median of row i's non-zero neighbour distances (how far its
+    ordinary neighbours are, so dense and sparse regions of the space get their own scale); a
+    pair is a duplicate when d = 0 or d < ``threshold`` · r.
+    """
+    n = len(x)
+    if not isinstance(n_neighbours, (int, np.integer)) or n_neighbours < 1:
+        raise BenchError(f"wavelet: n_neighbours must be a positive integer, got {n_neighbours!r}")
+    if not threshold > 0:
+        raise BenchError(f"wavelet: dup_threshold must be > 0, got {threshold!r}")
+    k = min(int(n_neighbours), n - 1)
+    dist, nn = nearest_neighbours(x, x, k, exclude_self=True)
+    masked = np.where(dist > 0, dist, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a row whose neighbours are all copies
+        typical = np.nanmedian(masked, axis=1)
+    typical = np.where(np.isfinite(typical), typical, np.inf)
+    i = np.repeat(np.arange(n), k)
+    j = nn.ravel()
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    cand = np.unique(np.stack([lo, hi], axis=1)[lo != hi], axis=0)
+    exact = np.sqrt(((x[cand[:, 0]] - x[cand[:, 1]]) ** 2).sum(axis=1))
+    scale = np.minimum(typical[cand[:, 0]], typical[cand[:, 1]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(exact == 0, 0.0, exact / scale)
+    keep = (exact == 0) | (rel < threshold)
+    return KnnDuplicates(cand[keep], exact[keep], rel[keep], len(cand), typical)
+
+
+def pair_components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """(n,) component id of every image in the graph of ``pairs`` (singletons get their own)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)

@@ -13,7 +13,13 @@ from bench.errors import BenchError, DataError
 from .algorithm2 import eigengap_count, laplacian_eigenvalues
 from .core import (
     Reduction,
+    _reduction_stats,
     algorithm1,
+    approximation_level,
+    knn_duplicates,
+    normalised_rows,
+    pair_components,
+    reduce_clusters,
     algorithm2,
     coefficient_matrix,
     nearest_neighbours,
@@ -24,7 +30,7 @@ from .dwt import PAPER_COEFFICIENTS, resolve_coefficients
 from .findings import wavelet_findings
 from .ssim import SSIMStats, ssim_matrix
 
-ALGORITHMS = ("wavelet-kmeans", "ssim-spectral", "ssim-threshold")
+ALGORITHMS = ("wavelet-knn", "wavelet-kmeans", "ssim-spectral", "ssim-threshold")
 
 
 def _read(view: DataView, image_size: int | None, what: str, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -53,6 +59,16 @@ def _ids(view: DataView, idx: np.ndarray) -> list[str] | None:
 class WaveletSummariser(Summariser):
     """Yousefzadeh (arXiv 2002.10257): similar training images without a trained model.
 
+    ``algorithm="wavelet-knn"`` (the default) finds perturbed copies on real images: each
+    image's Haar approximation band at the level whose side is at most ``knn_side`` (16 px),
+    centred and scaled to unit length (brightness / contrast invariant, shifts of a few pixels
+    shrink below one coefficient), its ``n_neighbours`` nearest images as candidates, and a
+    per-pair decision: exact float64 distance 0, or below ``dup_threshold`` times the pair's
+    typical neighbour distance (:func:`bench_wavelet.core.knn_duplicates`). Codes are the
+    connected components of the duplicate pairs. A global distance cut (Algorithm 1's k-means
+    with the automatic n_c) cannot do this: on real photographs perturbed copies lie farther
+    apart than distinct flat images (issue #19).
+
     ``algorithm="wavelet-kmeans"`` is Algorithm 1 (wavelet coefficients, pivoted QR with the
     condition cap ``tau``, k-means with ``n_clusters``); ``"ssim-spectral"`` is Algorithm 2
     (SSIM matrix, Laplacian eigen-gaps > ``gamma`` choose n_c, spectral clustering);
@@ -68,11 +84,12 @@ class WaveletSummariser(Summariser):
     """
 
     name: ClassVar[str] = "wavelet"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"   # 2: default algorithm wavelet-knn (was Algorithm 1, now "wavelet-kmeans")
     requires: ClassVar[frozenset[str]] = frozenset({"images"})
     quick_params: ClassVar[dict[str, Any]] = {"max_iter": 30}
 
-    def __init__(self, *, algorithm: str = "wavelet-kmeans", wavelet: str = "db1", level: int = 1,
+    def __init__(self, *, algorithm: str = "wavelet-knn", knn_side: int = 16, n_neighbours: int = 5,
+                 dup_threshold: float = 0.5, wavelet: str = "db1", level: int = 1,
                  mode: str = "symmetric", coefficients: str = "auto", max_coefficients: int = PAPER_COEFFICIENTS,
                  tau: float = 1e5, n_columns: int | None = None, rrqr: str = "auto", qr: str = "gram",
                  n_clusters: int | float | str | None = None, auto_z: float = 4.0,
@@ -80,6 +97,9 @@ class WaveletSummariser(Summariser):
                  ssim_win_size: int = 7, max_iter: int = 100, image_size: int | None = None,
                  backend: str = "auto", return_embedding: bool = True):
         self.algorithm = algorithm
+        self.knn_side = knn_side
+        self.n_neighbours = n_neighbours
+        self.dup_threshold = dup_threshold
         self.wavelet = wavelet
         self.level = level
         self.mode = mode
@@ -109,7 +129,32 @@ class WaveletSummariser(Summariser):
             raise DataError(f"wavelet: need at least 2 images to find similar ones, got {len(images)}")
         labels = data.labels
         t_read = time.perf_counter() - t0
-        if self.algorithm == "wavelet-kmeans":
+        dup_pairs = None
+        if self.algorithm == "wavelet-knn":
+            t0 = time.perf_counter()
+            level = approximation_level(images.shape[1:3], self.knn_side)
+            x = normalised_rows(coefficient_matrix(images, wavelet="db1", level=level, mode="symmetric",
+                                                   coefficients="approximation", backend=self.backend,
+                                                   device=data.device))
+            t_dwt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            found = knn_duplicates(x, n_neighbours=self.n_neighbours, threshold=self.dup_threshold)
+            codes = pair_components(len(x), found.pairs)
+            red = reduce_clusters(codes, np.zeros(len(x)), labels)
+            redundant = np.zeros(len(x), dtype=bool)
+            for g in red.redundant_groups:
+                redundant[g] = True
+            dup_pairs = found.pairs[redundant[found.pairs[:, 0]]] if len(found.pairs) else found.pairs
+            stats = {"level_used": float(level), "approximation_side": float(-(-min(images.shape[1:3]) // 2 ** level)),
+                     "n_candidate_pairs": float(found.n_candidates),
+                     "n_exact_pairs": float(np.sum(found.distance == 0)), "dup_threshold": float(self.dup_threshold),
+                     "n_clusters": float(codes.max() + 1), "time_read_s": t_read, "time_dwt_s": t_dwt,
+                     "time_search_s": time.perf_counter() - t0}
+            stats.update({**_reduction_stats(red, len(x)), "n_duplicate_pairs": float(len(dup_pairs)),
+                          "n_decided_pairs": float(len(found.pairs))})
+            artefacts = {"duplicate_pairs": found.pairs, "duplicate_relative_distance": found.relative}
+            embedding = x.astype(np.float32) if self.return_embedding else None
+        elif self.algorithm == "wavelet-kmeans":
             t0 = time.perf_counter()
             level, coefficients = resolve_coefficients(images.shape[1:3], self.wavelet, self.level, self.mode,
                                                        self.coefficients, self.max_coefficients)
@@ -149,7 +194,7 @@ class WaveletSummariser(Summariser):
         artefacts.update(self._group_artefacts(data, red, labels))
         stats = {k: float(v) for k, v in stats.items() if np.isfinite(v)}     # records hold finite numbers
         self.summary_ = Summary(codes=np.asarray(codes, dtype=np.int64), embedding=embedding,
-                                duplicate_pairs=red.duplicate_pairs(), statistics=stats, artefacts=artefacts)
+                                duplicate_pairs=red.duplicate_pairs() if dup_pairs is None else dup_pairs, statistics=stats, artefacts=artefacts)
         self.reduction_ = red
         return self
 

@@ -297,21 +297,21 @@ def test_laplacian_eigengap_on_closed_forms():
 
 def test_summariser_finds_planted_duplicates_on_tiny():
     view = make_tiny_view()
-    summ = WaveletSummariser().fit(view, seed=0).summary_
+    summ = WaveletSummariser(algorithm="wavelet-kmeans").fit(view, seed=0).summary_
     np.testing.assert_array_equal(summ.duplicate_pairs, np.sort(view.source.duplicate_pairs, axis=1))
     assert summ.codes.shape == (60,) and summ.embedding.shape[0] == 60
     st = summ.statistics
     assert st["n_clusters"] == 56 and st["reduced_size"] == 56 and st["rrqr_applied"] == 0.0
     assert summ.artefacts["redundant_groups"] == [[i, 56 + i] for i in range(4)]
     assert len(summ.artefacts["reduced_indices"]) == 56
-    explicit = WaveletSummariser(n_clusters=0.94).fit(view, seed=0).summary_   # the paper's ratio
+    explicit = WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=0.94).fit(view, seed=0).summary_   # the paper's ratio
     assert explicit.statistics["n_clusters"] == 56
 
 
 def test_algorithm1_with_rrqr_on_a_tall_matrix():
     x = np.random.default_rng(9).integers(0, 256, size=(80, 4, 4, 3)).astype(np.uint8)   # n=80 > d=48
     x[70:] = x[:10]
-    summ = WaveletSummariser().fit(_view(x), seed=0).summary_
+    summ = WaveletSummariser(algorithm="wavelet-kmeans").fit(_view(x), seed=0).summary_
     assert summ.statistics["rrqr_applied"] == 1.0 and summ.statistics["m_columns"] == 48
     assert summ.statistics["cond_kept"] < 1e5
     assert {tuple(p) for p in summ.duplicate_pairs} == {(i, 70 + i) for i in range(10)}
@@ -362,15 +362,15 @@ def test_comparator_null_vs_shift_and_cross_duplicates():
 def test_bad_inputs_give_one_clear_line():
     x = np.random.default_rng(12).integers(0, 256, size=(6, 8, 8, 3)).astype(np.uint8)
     with pytest.raises(DataError, match="at least 2 images"):
-        WaveletSummariser().fit(_view(x[:1]), seed=0)
+        WaveletSummariser(algorithm="wavelet-kmeans").fit(_view(x[:1]), seed=0)
     with pytest.raises(DataError, match="smaller than the number of images"):
-        WaveletSummariser(n_clusters=6).fit(_view(x), seed=0)
+        WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=6).fit(_view(x), seed=0)
     with pytest.raises(BenchError, match="algorithm"):
         WaveletSummariser(algorithm="nope").fit(_view(x), seed=0)
     with pytest.raises(BenchError, match="wavelet"):
-        WaveletSummariser(wavelet="nope").fit(_view(x), seed=0)
+        WaveletSummariser(algorithm="wavelet-kmeans", wavelet="nope").fit(_view(x), seed=0)
     with pytest.raises(DataError, match="empty"):
-        WaveletSummariser().fit(_view(x).subset([]), seed=0)
+        WaveletSummariser(algorithm="wavelet-kmeans").fit(_view(x).subset([]), seed=0)
     with pytest.raises(DataError, match="at least 2 images per dataset"):
         WaveletComparator().compare(_view(x), _view(x[:1]), seed=0)
 
@@ -378,7 +378,7 @@ def test_bad_inputs_give_one_clear_line():
 def test_all_identical_images_form_one_redundant_group():
     x = np.full((5, 8, 8, 3), 90, dtype=np.uint8)
     with pytest.warns(UserWarning, match="distinct"):
-        summ = WaveletSummariser(n_clusters=3).fit(_view(x), seed=0).summary_
+        summ = WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=3).fit(_view(x), seed=0).summary_
     assert summ.artefacts["redundant_groups"] == [[0, 1, 2, 3, 4]] and len(summ.duplicate_pairs) == 10
 
 
@@ -392,7 +392,7 @@ def test_mixed_sizes_are_resized_with_a_warning():
     src = ImageSource(name="mixed", revision="r", n=5, loader=lambda i: imgs[i])
     view = DataView(src, PixelsExtractor(size=8), FeatureStore(None))
     with pytest.warns(UserWarning, match="resized"):
-        summ = WaveletSummariser(n_clusters=3).fit(view, seed=0).summary_
+        summ = WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=3).fit(view, seed=0).summary_
     assert summ.codes.shape == (5,)
 
 
