@@ -91,8 +91,11 @@ def test_efficientnet_features_equal_a_direct_forward_of_the_mapped_model(extrac
         pooled = model.forward_head(fmap, pre_logits=True)
     torch.testing.assert_close(out["pooled"], pooled)
     torch.testing.assert_close(out["head"], fmap)
-    torch.testing.assert_close(out["tokens"], fmap.flatten(2).transpose(1, 2))
-    assert out["tokens"].shape == (2, 49, 1280) and out["block6"].shape[1] == 320
+    with torch.no_grad():
+        stage = model.blocks(model.bn1(model.conv_stem(x)))
+    torch.testing.assert_close(out["tokens"], stage.flatten(2).transpose(1, 2))
+    torch.testing.assert_close(out["block6"], stage)
+    assert out["tokens"].shape == (2, 49, 320) and out["pooled"].shape == (2, 1280)
     assert ex.cache_key()["weights_sha256"] and ex.layer_names[:2] == ["stem", "block0"]
 
 
@@ -107,6 +110,8 @@ def test_mobilenet_features_equal_torchvision(extractors):
         fmap = model.features(x)
         torch.testing.assert_close(ex.forward(x, ["pooled"])["pooled"], fmap.mean((2, 3)))
         torch.testing.assert_close(ex.logits(x), model(x))
+        torch.testing.assert_close(ex.forward(x, ["tokens"])["tokens"],
+                                   model.features[:-1](x).flatten(2).transpose(1, 2))
 
 
 def test_efficientnet_preprocessing_matches_timm_transform(extractors):
@@ -157,9 +162,11 @@ def test_protosim_backbone_takes_cnn_tokens_with_a_pooled_class_token(extractors
     bb = Backbone(ex, torch.device("cpu"))
     x = ex.preprocess(skimage_data.coffee()[None])
     tok = bb.tokens(x)
-    assert tok.shape == (1, 50, 1280) and bb.n_tokens(224) == 50 and bb.grid(x) == (7, 7)
-    torch.testing.assert_close(tok[:, 0], ex.forward(x, ["pooled"])["pooled"])
-    assert bb.n_tokens(96) == 10 and bb.dim == 1280 and bb.mean == (0.5, 0.5, 0.5)
+    assert tok.shape == (1, 50, 320) and bb.n_tokens(224) == 50 and bb.grid(x) == (7, 7)
+    torch.testing.assert_close(tok[:, 0], ex.forward(x, ["block6"])["block6"].mean((2, 3)))
+    assert bb.n_tokens(96) == 10 and bb.dim == 320 and bb.mean == (0.5, 0.5, 0.5)
+    odd = torch.zeros(1, 3, 100, 100)  # "same" padding: ⌈100/32⌉ = 4 positions a side
+    assert bb.grid(odd) == (4, 4) and ex.tokens(odd).shape == (1, 16, 320) and bb.n_tokens(100) == 17
 
 
 # --------------------------------------------------------------------------- datasets

@@ -21,10 +21,18 @@ mobilenet_v2 takes torchvision's ``IMAGENET1K_V1`` eval transform (resize 256 bi
 224, ImageNet mean/std). Both run as :class:`~bench.extractors.transforms.Preprocess`.
 
 Outputs: ``pooled`` = global average of the last feature map (the classifier's input);
-``tokens`` = that feature map's spatial positions (B, H·W, C), row-major, no class token (a
-CNN has none: :attr:`has_class_token` is False; ProtoSim adds its own, see
-``bench_protosim.data.Backbone``); intermediate layers = block outputs (B, C, H, W).
-``token_stride`` is the feature map's total stride (32): an h×w input gives ⌈h/32⌉×⌈w/32⌉ tokens.
+``tokens`` = the spatial positions (B, H·W, C), row-major, of the last *stage*'s output (320
+channels in both networks), no class token (a CNN has none: :attr:`has_class_token` is False;
+ProtoSim adds its own, see ``bench_protosim.data.Backbone``); intermediate layers = block
+outputs (B, C, H, W). ``token_stride`` is the total stride (32): an h×w input gives
+⌈h/32⌉×⌈w/32⌉ tokens.
+
+Why the last stage and not the 1280-channel head map for tokens: the head is one pointwise
+1×1 convolution (+BN, ReLU6) of that stage, at the same positions, so it adds no spatial
+information; ProtoSim trains a transformer block on the tokens whose cost grows with C², and at
+1280 channels that block costs ~18× the backbone per image (measured: one quick-preset epoch of
+800 clip-art images did not finish in 25 min on this 2-core machine), at 320 about the same as
+the backbone.
 """
 
 from __future__ import annotations
@@ -131,20 +139,25 @@ class CNNExtractor(ModelExtractor):
     def _extra_layers(self) -> list[str]:
         return []
 
-    @property
-    def num_features(self) -> int:
-        return int(self._num_features)
-
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def _pool(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean((2, 3))
 
+    #: the hooked layer whose positions are the tokens (the last stage)
+    token_layer = ""
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the tokens (ProtoSim's width)."""
+        return int(self._token_channels)
+
     def _run(self, batch: torch.Tensor, want_tokens: bool, layers: list[str]):
-        fmap, acts = self._hooked(self._features, batch, layers)
-        tokens = fmap.flatten(2).transpose(1, 2) if want_tokens else None
-        return self._pool(fmap), tokens, acts
+        hooked = list(dict.fromkeys([*layers, self.token_layer] if want_tokens else layers))
+        fmap, acts = self._hooked(self._features, batch, hooked)
+        tokens = acts[self.token_layer].flatten(2).transpose(1, 2) if want_tokens else None
+        return self._pool(fmap), tokens, {k: acts[k] for k in layers}
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """The ImageNet-1k classifier on the pooled features (the tests check the mapping with it)."""
@@ -175,7 +188,8 @@ class EfficientNetLiteExtractor(CNNExtractor):
         for i, stage in enumerate(model.blocks):
             self._tap(f"block{i}", stage)
         self._tap("head", model.bn2)
-        self._num_features = model.num_features
+        self.token_layer = f"block{len(model.blocks) - 1}"
+        self._token_channels = model.blocks[-1][-1].bn3.num_features
         self._finish(model, from_timm_config(timm.data.resolve_model_data_config(model)))
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:
@@ -204,7 +218,8 @@ class MobileNetV2Extractor(CNNExtractor):
         self.weights_file = str(path)
         for i, block in enumerate(model.features):
             self._tap(f"features{i}", block)
-        self._num_features = model.last_channel
+        self.token_layer = f"features{len(model.features) - 2}"
+        self._token_channels = model.features[-2].out_channels
         self._finish(model, MOBILENET_V2_PREPROCESS)
 
     def _features(self, batch: torch.Tensor) -> torch.Tensor:

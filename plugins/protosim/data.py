@@ -56,8 +56,8 @@ class Backbone:
 
     def _init_cnn(self, extractor, device: torch.device) -> None:
         """Deviation from the paper's ViT, for CNN extractors (``has_class_token = False``): the
-        tokens are the last feature map's H·W positions, and the class token ProtoSim's block
-        and DINO head read is prepended here as their mean (= the CNN's own pooled feature).
+        tokens are the H·W positions of the CNN's last stage, and the class token ProtoSim's
+        block and DINO head read is prepended here as their mean (global average pooling).
         The CNN's last norm is a BatchNorm (per channel, not per token), so the norm reapplied
         after ProtoSim's block is a parameter-free LayerNorm instead of the backbone's."""
         self.extractor = extractor
