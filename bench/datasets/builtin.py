@@ -4,7 +4,9 @@ Embedded (no download, generated or bundled): ``synth-passnet``, ``synth-shift``
 ``digits``. Real datasets read from configured local roots (see :mod:`bench.config`):
 ``imagenet``, ``imagenet-val``, ``pass``, ``passnet``, ``cifar10(-test)``,
 ``cifar100(-test)``, ``imagenette``, ``imagewoof``; ``imagefolder:PATH`` is resolved by
-:func:`bench.datasets.get_spec`.
+:func:`bench.datasets.get_spec`. Real datasets shipped by packages (Debian, scikit-image):
+``fashion-mnist(-test)``, ``openclipart``, ``clipart-passnet``, ``lfw-pair``
+(:mod:`bench.datasets.packaged`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 import bench
 from bench.datasets.base import DatasetSpec, ImageSource, content_revision
+from bench.datasets.packaged import packaged_specs
 from bench.datasets.real import real_specs
 from bench.datasets.synth import make_synth_passnet, make_synth_shift, synth_shift_ladder
 
@@ -57,5 +60,5 @@ def embedded_specs() -> list[DatasetSpec]:
 
 @bench.hookimpl
 def bench_register_datasets(registry):
-    for spec in embedded_specs() + real_specs():
+    for spec in embedded_specs() + real_specs() + packaged_specs():
         registry.add(spec.name, spec, origin="bench.datasets.builtin")

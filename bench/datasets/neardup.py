@@ -39,8 +39,8 @@ class NearDuplicateSet:
 
 
 def _photos() -> list[tuple[str, np.ndarray]]:
-    from PIL import Image
     import skimage
+    from PIL import Image
 
     root = Path(skimage.__file__).parent / "data"
     out = []

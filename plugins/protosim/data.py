@@ -16,7 +16,8 @@ from bench.errors import BenchError
 
 
 class Backbone:
-    """The extractor's frozen ViT: tokens (B, T, D) after its final norm, CLS first.
+    """The extractor's frozen ViT: tokens (B, T, D) after its final norm, CLS first (a CNN's
+    last feature map, with a pooled token first, for CNN extractors: :meth:`_init_cnn`).
 
     Uses ``extractor.tokens(batch)`` when the extractor offers it, else the timm
     ``model.forward_features`` (= norm(blocks(embed(x)))); the final ``norm`` module is reused
@@ -25,6 +26,11 @@ class Backbone:
 
     def __init__(self, extractor, device: torch.device):
         model = getattr(extractor, "model", None)
+        #: a CNN's tokens: its last feature map's positions, with no class token (deviation below)
+        self.cnn = bool(getattr(extractor, "has_tokens", False)) and not getattr(extractor, "has_class_token", True)
+        if self.cnn:
+            self._init_cnn(extractor, device)
+            return
         if model is None or not hasattr(model, "patch_embed"):
             raise BenchError(f"protosim needs a ViT extractor with token outputs (e.g. tiny-vit, a timm "
                              f"ViT); {getattr(extractor, 'name', type(extractor).__name__)!r} has none")
@@ -48,6 +54,27 @@ class Backbone:
         self.input_size = int(cfg.get("input_size", (3, 224, 224))[-1])
         self._tokens = getattr(extractor, "tokens", None)
 
+    def _init_cnn(self, extractor, device: torch.device) -> None:
+        """Deviation from the paper's ViT, for CNN extractors (``has_class_token = False``): the
+        tokens are the H·W positions of the CNN's last stage, and the class token ProtoSim's
+        block and DINO head read is prepended here as their mean (global average pooling).
+        The CNN's last norm is a BatchNorm (per channel, not per token), so the norm reapplied
+        after ProtoSim's block is a parameter-free LayerNorm instead of the backbone's."""
+        self.extractor = extractor
+        self.model = extractor.model
+        self.device = device
+        extractor.to(device)
+        self.model.eval()
+        self.dim = int(extractor.num_features)
+        self.norm = nn.LayerNorm(self.dim, eps=1e-6, elementwise_affine=False)
+        self.num_prefix_tokens = 1
+        self.patch_size = int(extractor.token_stride)
+        cfg = extractor.data_config
+        self.mean = tuple(float(v) for v in cfg["mean"])
+        self.std = tuple(float(v) for v in cfg["std"])
+        self.input_size = int(cfg["input_size"][-1])
+        self._tokens = extractor.tokens
+
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, h, w) on the device → (B, T, D) tokens, no autograd."""
@@ -55,6 +82,8 @@ class Backbone:
         if out.ndim != 3:
             raise BenchError(f"protosim: the extractor returned tokens of shape {tuple(out.shape)}, "
                              "expected (B, T, D)")
+        if self.cnn:
+            out = torch.cat([out.mean(1, keepdim=True), out], dim=1)
         return out
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -66,10 +95,13 @@ class Backbone:
         return x.to(self.device, non_blocking=True)
 
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
+        if self.cnn:  # "same"-padded strided convolutions: ⌈h / stride⌉
+            return -(-x.shape[-2] // self.patch_size), -(-x.shape[-1] // self.patch_size)
         return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
     def n_tokens(self, size: int) -> int:
-        return (size // self.patch_size) ** 2 + self.num_prefix_tokens
+        side = -(-size // self.patch_size) if self.cnn else size // self.patch_size
+        return side ** 2 + self.num_prefix_tokens
 
     def cache_key(self) -> object:
         try:

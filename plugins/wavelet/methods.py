@@ -15,14 +15,14 @@ from .core import (
     Reduction,
     _reduction_stats,
     algorithm1,
+    algorithm2,
     approximation_level,
+    coefficient_matrix,
     knn_duplicates,
+    nearest_neighbours,
     normalised_rows,
     pair_components,
     reduce_clusters,
-    algorithm2,
-    coefficient_matrix,
-    nearest_neighbours,
     stack_images,
     train_test_analysis,
 )
@@ -194,7 +194,8 @@ class WaveletSummariser(Summariser):
         artefacts.update(self._group_artefacts(data, red, labels))
         stats = {k: float(v) for k, v in stats.items() if np.isfinite(v)}     # records hold finite numbers
         self.summary_ = Summary(codes=np.asarray(codes, dtype=np.int64), embedding=embedding,
-                                duplicate_pairs=red.duplicate_pairs() if dup_pairs is None else dup_pairs, statistics=stats, artefacts=artefacts)
+                                duplicate_pairs=red.duplicate_pairs() if dup_pairs is None else dup_pairs,
+                                statistics=stats, artefacts=artefacts)
         self.reduction_ = red
         return self
 

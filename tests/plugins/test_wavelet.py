@@ -304,7 +304,8 @@ def test_summariser_finds_planted_duplicates_on_tiny():
     assert st["n_clusters"] == 56 and st["reduced_size"] == 56 and st["rrqr_applied"] == 0.0
     assert summ.artefacts["redundant_groups"] == [[i, 56 + i] for i in range(4)]
     assert len(summ.artefacts["reduced_indices"]) == 56
-    explicit = WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=0.94).fit(view, seed=0).summary_   # the paper's ratio
+    # the paper's ratio
+    explicit = WaveletSummariser(algorithm="wavelet-kmeans", n_clusters=0.94).fit(view, seed=0).summary_
     assert explicit.statistics["n_clusters"] == 56
 
 
