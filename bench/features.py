@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bench import distributed
+from bench.pipeline import check_batch_size, worker_errors
 from bench.records import write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -105,8 +106,6 @@ class FeatureStore:
         reads the features from disk; ranks never exchange features. Shards already on disk are
         kept, so a rerun after a lost rank redoes only that rank's shard.
         """
-        from bench.pipeline import check_batch_size
-
         check_batch_size(batch_size)
         key = self.key(source, extractor, layer)
         if key in self._memory:
@@ -224,17 +223,19 @@ class FeatureStore:
             tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             pos = 0
-            for batch in extractor.iter_layers(source, indices, [layer], device=device,
-                                               batch_size=batch_size, progress=progress):
-                rows = pool(batch[layer]).float().cpu().numpy().astype(self.dtype, copy=False)
-                if feats is None:
-                    shape = (n, rows.shape[1])
-                    if tmp is None:
-                        feats = np.empty(shape, dtype=self.dtype)
-                    else:
-                        feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
-                feats[pos:pos + len(rows)] = rows
-                pos += len(rows)
+            batches = extractor.iter_layers(source, indices, [layer], device=device, batch_size=batch_size,
+                                            progress=progress)
+            with worker_errors():
+                for batch in batches:
+                    rows = pool(batch[layer]).float().cpu().numpy().astype(self.dtype, copy=False)
+                    if feats is None:
+                        shape = (n, rows.shape[1])
+                        if tmp is None:
+                            feats = np.empty(shape, dtype=self.dtype)
+                        else:
+                            feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+                    feats[pos:pos + len(rows)] = rows
+                    pos += len(rows)
             if feats is None:
                 feats = np.zeros((0, 0), dtype=self.dtype)
                 if tmp is not None:

@@ -23,8 +23,8 @@ pixel and wavelet readers) iterates batches of a source through :class:`DataPipe
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +214,11 @@ class DataPipeline:
 def decode_jpegs(blobs: list[torch.Tensor], keys: list[int], device: torch.device) -> dict[int, torch.Tensor]:
     """``torchvision.io.decode_jpeg`` on ``device`` for a batch; on failure, file by file, leaving
     out the ones it cannot decode (grey-scale and CMYK come back as 3 channels via mode RGB)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 flags its image io as moving to torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     try:
         images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
@@ -245,29 +249,31 @@ def worker_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory
                                        generator=torch.Generator().manual_seed(0))
 
 
+@contextlib.contextmanager
+def worker_errors() -> Iterator[None]:
+    """Turn torch's "DataLoader worker ... killed/exited" RuntimeError into ONE line. torch raises it
+    from a SIGCHLD handler wherever the main process happens to be (mid-forward too), so every frame
+    that drives a worker loader (the pipeline, ``Extractor.iter_layers``, the FeatureStore) wraps
+    its loop in this."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()
+        first = text[0].strip() if text else type(e).__name__
+        if not first.startswith("DataLoader worker"):
+            raise
+        raise BenchError(f"a data-loading worker died ({first}); the run stopped and nothing partial was "
+                         "cached; rerun (with fewer --workers if memory ran out)") from None
+
+
 def guarded(items) -> Iterator[Any]:
-    """Iterate a worker loader; a worker killed or crashed → ONE line (BenchError), workers shut
-    down when the iteration ends or is interrupted (Ctrl-C)."""
+    """Iterate a worker loader: a dead worker → ONE line; workers shut down when the iteration ends
+    or is interrupted (Ctrl-C, an error downstream)."""
     it = iter(items)
     try:
-        while True:
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            except RuntimeError as e:
-                text = str(e).strip().splitlines()
-                first = text[0] if text else type(e).__name__
-                if "DataLoader worker" in first or "worker" in first.lower():
-                    raise BenchError(f"a data-loading worker died ({first}); the run stopped, nothing "
-                                     "partial was cached; rerun (fewer --workers if memory ran out)") from None
-                raise
-            if isinstance(item, _Failed):
-                raise DataError(item.message)
-            yield item
+        with worker_errors():
+            yield from it
     finally:
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-        del it
-        sys.stderr.flush()

@@ -114,16 +114,18 @@ class Extractor:
                     progress: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """Stream activations of ``layers`` for ``source`` rows ``indices``, batches decoded by the
         :class:`~bench.pipeline.DataPipeline` (``self.workers`` processes, one exact resize)."""
+        from bench.pipeline import worker_errors
         from bench.progress import track
 
         self.to(device)
         pipe = self.pipeline(source, indices, batch_size=batch_size)
-        for _, images in track(pipe, description=f"{self.name} {','.join(layers)}", enabled=progress,
-                               total=len(pipe)):
-            batch = self.prepare(images, exact=pipe.exact)
-            with self.precision_context():
-                out = self.forward(batch, layers)
-            yield out if self.precision == "fp32" else {k: v.float() for k, v in out.items()}
+        with worker_errors():
+            for _, images in track(pipe, description=f"{self.name} {','.join(layers)}", enabled=progress,
+                                   total=len(pipe)):
+                batch = self.prepare(images, exact=pipe.exact)
+                with self.precision_context():
+                    out = self.forward(batch, layers)
+                yield out if self.precision == "fp32" else {k: v.float() for k, v in out.items()}
 
     def pipeline(self, source, indices: np.ndarray | None = None, *, batch_size: int = 64):
         """The data pipeline feeding this extractor (its transform, workers, decode mode)."""
