@@ -70,7 +70,7 @@ def check_batch_size(batch_size: Any) -> int:
 
 
 @dataclass
-class _Failed:
+class Failed:
     """A DataError raised in a worker, carried back as data (no worker traceback is printed)."""
 
     message: str
@@ -108,7 +108,7 @@ class _Batches(torch.utils.data.Dataset):
                 return torch.cat([exact_resize(self.source.native(int(i)), self.geometry) for i in rows])
             return [read_bytes(self.source.paths[int(i)]) for i in rows]
         except DataError as e:
-            return _Failed(str(e))
+            return Failed(str(e))
 
 
 def exact_resize(image: np.ndarray, geometry: Callable[[torch.Tensor], torch.Tensor],
@@ -178,7 +178,7 @@ class DataPipeline:
         geometry = self.transform.geometry if self.exact else None
         data = _Batches(self.source, self.rows, self.batch_size, self.mode, geometry)
         for k, item in enumerate(self._loader(data)):
-            if isinstance(item, _Failed):
+            if isinstance(item, Failed):
                 raise DataError(item.message)
             rows = data.batch_rows(k)
             if self.mode == "bytes":

@@ -57,6 +57,8 @@ class RunConfig:
     progress: bool = False
     strict_plugins: bool = False
     shard: tuple[int, int] | None = None
+    workers: int | None = None    # decode workers (None: one per core); a run resource, not in any key
+    precision: str = "fp32"       # fp32 | bf16 | fp16: in the extractor's cache key
 
 
 @dataclass
@@ -64,6 +66,18 @@ class CellResult:
     record: records.Record
     path: Path
     skipped: bool = False
+
+
+def check_run_resources(batch_size, workers, precision) -> None:
+    """--batch-size, --workers and --precision checked before any work (ONE line each)."""
+    from bench.extractors.base import PRECISIONS
+    from bench.pipeline import check_batch_size, check_workers
+
+    check_batch_size(batch_size)
+    if workers is not None:
+        check_workers(workers)
+    if precision not in PRECISIONS:
+        raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -112,6 +126,7 @@ class Runner:
         self.echo = echo
         self.regs = regs or plugins.load(strict=config.strict_plugins)
         self._validate_names()
+        check_run_resources(config.batch_size, config.workers, config.precision)
         self.device = resolve_device(config.device)
         self.ctx = distributed.init(self.device)   # a no-op unless started by torchrun
         self.device = distributed.local_device(self.device)
@@ -161,6 +176,7 @@ class Runner:
         results (and records) are rank 0's; other ranks return an empty list."""
         factory = self.regs.extractors.get(self.cfg.extractor)
         extractor = factory(weights=self.cfg.weights, device=self.device)
+        extractor.configure(workers=self.cfg.workers, precision=self.cfg.precision)
         cells = [(d, m, s) for d in self.cfg.datasets for m in self.cfg.methods for s in self.cfg.seeds]
         cells = shard_cells(cells, self.cfg.shard)
         results: list[CellResult] = []
