@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image-decoding worker processes (default: one per core; 0 = in the main process)")
     r.add_argument("--precision", default="fp32", metavar="P",
                    help="extraction precision: fp32 (default, full float32) | bf16 | fp16; part of the cache key")
+    r.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="JPEG decoding: auto (on the GPU when --device is CUDA), cpu (worker processes) or gpu")
     r.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     r.add_argument("--shard", type=_shard, default=None, help="run only shard i/n of the grid (job arrays)")
@@ -222,6 +224,7 @@ def _run(args) -> int:
         params=params, batch_size=args.batch_size, cache_dir=args.cache_dir, no_cache=args.no_cache,
         progress=not args.no_progress and console.is_terminal, strict_plugins=args.strict_plugins,
         shard=args.shard, workers=args.workers, precision=args.precision,
+        decode=args.decode,
     )
     runner = Runner(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[yellow]{escape(m)}[/]"))
     broken = [p for p in runner.regs.plugins if p.status == "error"]

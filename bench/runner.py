@@ -59,6 +59,7 @@ class RunConfig:
     shard: tuple[int, int] | None = None
     workers: int | None = None    # decode workers (None: one per core); a run resource, not in any key
     precision: str = "fp32"       # fp32 | bf16 | fp16: in the extractor's cache key
+    decode: str = "auto"          # JPEG decode: auto (GPU on CUDA) | cpu | gpu; a run resource
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Runner:
         results (and records) are rank 0's; other ranks return an empty list."""
         factory = self.regs.extractors.get(self.cfg.extractor)
         extractor = factory(weights=self.cfg.weights, device=self.device)
-        extractor.configure(workers=self.cfg.workers, precision=self.cfg.precision)
+        extractor.configure(workers=self.cfg.workers, precision=self.cfg.precision, decode=self.cfg.decode)
         cells = [(d, m, s) for d in self.cfg.datasets for m in self.cfg.methods for s in self.cfg.seeds]
         cells = shard_cells(cells, self.cfg.shard)
         results: list[CellResult] = []
