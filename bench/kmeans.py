@@ -99,7 +99,7 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, *, gemm: str = "fp32",
 
     ``gemm`` "tf32"/"bf16": the cross term in reduced precision; rows whose best and second-best
     distances lie within the error band are re-ranked in exact float32 (``stats["rechecked"]``
-    counts them). Returned distances of the other rows carry the reduced GEMM's rounding."""
+    counts them). Distances to the chosen centroids are then computed directly in float32."""
     gemm = resolve_gemm(gemm, x.device)
     c_sq = (centroids * centroids).sum(1)
     exact = gemm == "fp32"
@@ -149,6 +149,8 @@ def assign(x: torch.Tensor, centroids: torch.Tensor, *, gemm: str = "fp32",
                             d2r = (xr * xr).sum(1, keepdim=True) - 2.0 * (xr @ centroids.T) + c_sq
                         rb, ri = d2r.min(dim=1)
                         idx[full], best[full] = ri, rb
+            # the distance to the chosen centroid in float32, not the reduced GEMM's (exact inertia)
+            best = ((xb - centroids[idx]) ** 2).sum(1)
         codes.append(idx)
         dists.append(best.clamp_min_(0))
     if stats is not None:
@@ -175,14 +177,17 @@ def lloyd(x_local: np.ndarray, k: int, *, niter: int = 20, seed: int = 0,
     check_k(k, n_total, what="k")
 
     init = torch.zeros(k, d, dtype=torch.float64, device=device)
-    for j, i in enumerate(initial_indices(n_total, k, seed)):
-        if offset <= i < offset + n_local:
-            init[j] = x[i - offset].double()
+    chosen = initial_indices(n_total, k, seed)
+    mine = np.flatnonzero((chosen >= offset) & (chosen < offset + n_local))   # one gather, not K copies
+    if len(mine):
+        init[torch.as_tensor(mine, device=device)] = x[torch.as_tensor(chosen[mine] - offset, device=device)].double()
     centroids = distributed.all_reduce_sum(init).float()
+    x64 = x.double() if device.type == "cuda" else None   # converted once on the GPU (memory is ample there)
 
     for _ in range(niter):
         codes, _ = assign(x, centroids, gemm=gemm)
-        sums = torch.zeros(k, d, dtype=torch.float64, device=device).index_add_(0, codes, x.double())
+        sums = torch.zeros(k, d, dtype=torch.float64, device=device).index_add_(0, codes, x64 if x64 is not None
+                                                                                 else x.double())
         counts = torch.bincount(codes, minlength=k).double()
         sums, counts = distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
         filled = counts > 0

@@ -106,7 +106,9 @@ class _Batches(torch.utils.data.Dataset):
                 return np.stack([self.source.image(int(i)) for i in rows])
             if self.mode == "exact":
                 return torch.cat([exact_resize(self.source.native(int(i)), self.geometry) for i in rows])
-            return [read_bytes(self.source.paths[int(i)]) for i in rows]
+            blobs = [read_bytes(self.source.paths[int(i)]) for i in rows]
+            # one tensor (one shared-memory segment) per batch rather than one per file
+            return torch.cat(blobs), torch.tensor([len(b) for b in blobs], dtype=torch.int64)
         except DataError as e:
             return Failed(str(e))
 
@@ -190,11 +192,20 @@ class DataPipeline:
             return (data[k] for k in range(len(data)))
         return guarded(worker_loader(data, workers=self.workers,
                                      pin_memory=self.device.type == "cuda" and self.mode != "bytes",
-                                     prefetch=self.prefetch))
+                                     prefetch=shm_prefetch(self.prefetch, self.workers, self._item_bytes())))
 
-    def _decode_on_device(self, blobs: list[torch.Tensor], rows: np.ndarray) -> torch.Tensor:
+    def _item_bytes(self) -> int:
+        """Rough size of one batch in shared memory."""
+        per_image = 100_000 if self.mode == "bytes" else (
+            3 * int(np.prod(self.transform.input_size[1:])) if self.mode == "exact" else 3 * 256 * 256)
+        return self.batch_size * per_image
+
+    def _decode_on_device(self, packed: tuple[torch.Tensor, torch.Tensor], rows: np.ndarray) -> torch.Tensor:
         """JPEG bytes → nvJPEG in one call → one exact resize per image on the device; any file
         nvJPEG does not take is decoded on the CPU (PIL) and resized on the device the same way."""
+        data, lengths = packed
+        ends = np.cumsum(lengths.numpy())
+        blobs = [data[e - n:e] for e, n in zip(ends, lengths.tolist())]
         geometry = self.transform.geometry
         out: list[torch.Tensor | None] = [None] * len(blobs)
         jpeg = [k for k, b in enumerate(blobs) if _is_jpeg(b)]
@@ -220,18 +231,30 @@ def decode_jpegs(blobs: list[torch.Tensor], keys: list[int], device: torch.devic
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
-    try:
-        images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
-        return dict(zip(keys, images))
-    except (RuntimeError, ValueError):
-        pass
-    out = {}
-    for key, blob in zip(keys, blobs):
         try:
-            out[key] = decode_jpeg(blob, mode=ImageReadMode.RGB, device=device)
+            images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+            return dict(zip(keys, images))
         except (RuntimeError, ValueError):
-            continue
-    return out
+            pass
+        out = {}
+        for key, blob in zip(keys, blobs):
+            try:
+                out[key] = decode_jpeg(blob, mode=ImageReadMode.RGB, device=device)
+            except (RuntimeError, ValueError):
+                continue
+        return out
+
+
+def shm_prefetch(prefetch: int, workers: int, item_bytes: int, path: str = "/dev/shm") -> int:
+    """Batches prefetched per worker, lowered so that all of them fit in half the free shared
+    memory (containers often mount a small /dev/shm; workers pass batches through it)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return prefetch
+    return int(max(1, min(prefetch, free // 2 // max(1, workers * item_bytes))))
 
 
 def worker_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory: bool = False,
