@@ -20,9 +20,8 @@ assignments equal the float32 ones (tested on CPU with bf16, where most rows nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -183,9 +183,7 @@ class DataPipeline:
             if isinstance(item, Failed):
                 raise DataError(item.message)
             rows = data.batch_rows(k)
-            if self.mode == "bytes":
-                item = self._decode_on_device(item, rows)
-            yield rows, item
+            yield rows, (self._decode_on_device(item, rows) if self.mode == "bytes" else item)
 
     def _loader(self, data: _Batches) -> Iterator[Any]:
         if self.workers == 0:

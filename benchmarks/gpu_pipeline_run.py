@@ -54,8 +54,8 @@ def _read(path):
 
 
 def main():
-    from benchmarks.jpeg_folder import make_folder
     from bench.datasets.real import imagefolder_source
+    from benchmarks.jpeg_folder import make_folder
 
     log("torch", torch.__version__)
     if DEV == "cuda":
@@ -108,8 +108,7 @@ def main():
     feats = {}
     warm = source.subset(np.arange(min(source.n, BATCH * 2)))
     for decode, prec in (("cpu", "fp32"), ("gpu", "fp32"), ("gpu", "bf16")):
-        if SMALL and decode == "gpu":
-            decode = "gpu"   # torchvision's CPU decode_jpeg: same code path
+        # --small: decode="gpu" runs torchvision's decode_jpeg on the CPU device, the same code path
         ext = factory(weights=str(wpath), device=DEV).configure(workers=PROCS, precision=prec, decode=decode)
         FeatureStore(None).features(warm, ext, device=DEV, batch_size=BATCH)
         sync()
