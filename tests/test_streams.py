@@ -77,7 +77,7 @@ def test_braces():
 
 
 def test_bad_shards_are_one_line(tmp_path, data):
-    root, blobs, _ = data
+    _, blobs, _ = data
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.tar").write_bytes(b"this is not a tar archive" * 40)
     with pytest.raises(BenchError, match=r"shard .*x\.tar is not a readable tar") as e:
@@ -87,11 +87,11 @@ def test_bad_shards_are_one_line(tmp_path, data):
     with tarfile.open(tmp_path / "noimg" / "a.tar", "w") as tar:
         _add(tar, "k1.jpg", blobs[0])
         _add(tar, "k2.cls", b"1")
-    with pytest.raises(BenchError, match="sample 'k2' in shard .* has no image member"):
+    with pytest.raises(BenchError, match=r"sample 'k2' in shard .* has no image member"):
         resolve(f"wds:{tmp_path}/noimg").load(seed=0)
-    with pytest.raises(BenchError, match="no .tar shards"):
+    with pytest.raises(BenchError, match=r"no \.tar shards"):
         resolve(f"wds:{tmp_path}/empty-nothing").load(seed=0)
-    with pytest.raises(BenchError, match="shards of .* are missing"):
+    with pytest.raises(BenchError, match=r"shards of .* are missing"):
         resolve("wds:" + str(tmp_path / "junk" / "y-{0..3}.tar")).load(seed=0)
 
 
