@@ -188,9 +188,12 @@ class DataView:
 
     def images(self, batch_size: int | None = None) -> Iterator[np.ndarray]:
         """Yield raw images as uint8 arrays (B, H, W, 3), in view order."""
-        bs = batch_size or self.batch_size
-        for start in range(0, len(self.indices), bs):
-            yield np.stack([self.source.image(int(i)) for i in self.indices[start:start + bs]])
+        from bench.pipeline import DataPipeline
+
+        pipe = DataPipeline(self.source, self.indices, batch_size=batch_size or self.batch_size,
+                            workers=getattr(self.extractor, "workers", None))   # decoded in worker processes
+        for _, images in pipe:
+            yield images
 
 
 # --------------------------------------------------------------------------- base classes

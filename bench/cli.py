@@ -101,6 +101,7 @@ def _common_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
                    help="set a method parameter (repeatable; type-checked before any work)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", metavar="P", help="extraction precision: fp32 | bf16 | fp16")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set a method parameter, e.g. --set kmeans.k=20 or --set dna.comparator.distance=nfd "
                    "(repeatable; type-checked before any work)")
     r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding worker processes (default: one per core; 0 = in the main process)")
+    r.add_argument("--precision", default="fp32", metavar="P",
+                   help="extraction precision: fp32 (default, full float32) | bf16 | fp16; part of the cache key")
+    r.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="JPEG decoding: auto (on the GPU when --device is CUDA), cpu (worker processes) or gpu")
     r.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     r.add_argument("--shard", type=_shard, default=None, help="run only shard i/n of the grid (job arrays)")
@@ -266,7 +273,8 @@ def _run(args) -> int:
         seeds=args.seeds, limit=args.limit, out=args.out, resume=args.resume, preset=args.preset,
         settings=args.settings, batch_size=args.batch_size, cache_dir=args.cache_dir, no_cache=args.no_cache,
         progress=not args.no_progress and console.is_terminal, strict_plugins=args.strict_plugins,
-        shard=args.shard,
+        shard=args.shard, workers=args.workers, precision=args.precision,
+        decode=args.decode,
     )
     runner = Runner(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[yellow]{escape(m)}[/]"))
     broken = [p for p in runner.regs.plugins if p.status == "error"]
@@ -314,6 +322,7 @@ def _compare_config(args, **extra):
     return CompareConfig(a=args.a, methods=args.methods, extractor=args.extractor or DEFAULT_EXTRACTOR,
                          weights=args.weights, device=args.device, seed=args.seed, limit=args.limit,
                          preset=args.preset, settings=args.settings, batch_size=args.batch_size,
+                         precision=args.precision,
                          cache_dir=args.cache_dir, no_cache=args.no_cache,
                          progress=not args.no_progress and console.is_terminal, **extra)
 

@@ -220,6 +220,7 @@ class CompareRun:
                     raise BenchError(f"{what} {str(path)!r} is a folder; give a file name")
         self.device = resolve_device(cfg.device)
         self.extractor = self.regs.extractors.get(cfg.extractor)(weights=cfg.weights, device=self.device)
+        self.extractor.configure(precision=cfg.precision)
         self.features = {"extractor": cfg.extractor, "cache_key": jsonable(self.extractor.cache_key()),
                          "precision": cfg.precision}
         if self.a.saved is not None:

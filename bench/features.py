@@ -2,8 +2,14 @@
 dtype), memory-mapped, written atomically, reused by every method and across runs.
 
 The key is a hash of the dataset revision and the extractor's ``cache_key()`` (library,
-architecture, weights hash, preprocessing) plus layer and dtype, so changing any input
-that changes the output changes the file name (CLIP_benchmark's stale-cache bug).
+architecture, weights hash, preprocessing, precision) plus layer and dtype, and for file-backed
+sources how the pipeline makes pixels (one exact resize from the originals), so changing any
+input that changes the output changes the file name (CLIP_benchmark's stale-cache bug).
+
+Writes are incremental: rows go batch by batch into a memory-mapped ``.npy`` under a temporary
+name, renamed into place only when complete (a killed run leaves no partial file). Reads are
+validated against the key's sidecar (rows, width, dtype); a cache file that cannot be read or
+does not match is moved aside (``*.bad.npy``) with one warning line and recomputed.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 
 from bench import distributed
+from bench.pipeline import check_batch_size, worker_errors
 from bench.runstore import safe_name, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +84,9 @@ class FeatureStore:
     def key(self, source: ImageSource, extractor: Extractor, layer: str) -> str:
         parts = {"store": STORE_VERSION, "dataset": source.name, "revision": source.revision,
                  "n": source.n, "extractor": extractor.cache_key(), "layer": layer, "dtype": self.dtype}
+        pipeline = getattr(extractor, "pipeline", None)
+        if pipeline is not None and getattr(source, "native", None) is not None:
+            parts["pixels"] = pipeline(source).describe()   # absent for in-memory sources: keys unchanged
         blob = json.dumps(parts, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:24]
 
@@ -95,6 +106,7 @@ class FeatureStore:
         reads the features from disk; ranks never exchange features. Shards already on disk are
         kept, so a rerun after a lost rank redoes only that rank's shard.
         """
+        check_batch_size(batch_size)
         key = self.key(source, extractor, layer)
         if key in self._memory:
             return self._memory[key]
@@ -104,9 +116,10 @@ class FeatureStore:
             self._extract_sharded(path, source, extractor, layer, device, batch_size, progress)
             feats = self._load(path)
         if feats is None:
-            feats = self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress)
-            if path is not None:
-                self._save(path, feats)
+            if path is None:
+                feats = self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress)
+            else:
+                self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress, out=path)
                 self._describe(path, source, extractor, layer)
                 feats = np.load(path, mmap_mode="r")
         self._memory[key] = feats
@@ -123,13 +136,51 @@ class FeatureStore:
 
     def _load(self, path: Path) -> np.ndarray | ShardedRows | None:
         if path.exists():
-            return np.load(path, mmap_mode="r")
+            return self._checked(path, self._expected_rows(path))
         manifest = self._manifest(path)
         if not manifest.exists():
             return None
-        shards = [s for s in json.loads(manifest.read_text())["shards"] if s["stop"] > s["start"]]
-        return ShardedRows([np.load(path.parent / s["file"], mmap_mode="r") for s in shards],
-                           [s["start"] for s in shards])
+        try:
+            shards = [s for s in json.loads(manifest.read_text())["shards"] if s["stop"] > s["start"]]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            _move_aside(manifest, f"unreadable manifest ({type(e).__name__})")
+            return None
+        parts = [self._checked(path.parent / s["file"], s["stop"] - s["start"]) for s in shards]
+        if any(p is None for p in parts):
+            _move_aside(manifest, "a shard it lists is missing or damaged")
+            return None
+        return ShardedRows(parts, [s["start"] for s in shards])
+
+    @staticmethod
+    def _expected_rows(path: Path) -> int | None:
+        """Rows the key's sidecar promises (None when there is no readable sidecar)."""
+        try:
+            return int(json.loads(path.with_suffix(".json").read_text())["n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _checked(self, path: Path, rows: int | None) -> np.ndarray | None:
+        """The memory-mapped features at ``path`` if they are a 2-D array of this store's dtype with
+        ``rows`` rows; otherwise the file is moved aside (one warning line) and None returned."""
+        if not path.exists():
+            return None
+        try:
+            feats = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            _move_aside(path, f"unreadable ({type(e).__name__})")
+            return None
+        problem = None
+        if feats.ndim != 2:
+            problem = f"{feats.ndim}-D, expected 2-D"
+        elif feats.dtype != np.dtype(self.dtype):
+            problem = f"dtype {feats.dtype}, expected {self.dtype}"
+        elif rows is not None and feats.shape[0] != rows:
+            problem = f"{feats.shape[0]} rows, expected {rows}"
+        if problem:
+            del feats
+            _move_aside(path, problem)
+            return None
+        return feats
 
     @staticmethod
     def _save(path: Path, feats: np.ndarray) -> None:
@@ -149,9 +200,9 @@ class FeatureStore:
                   for r in range(ctx.world_size)]
         start, stop = bounds[ctx.rank]
         mine = self._shard_path(path, ctx.rank, ctx.world_size)
-        if not mine.exists() and stop > start:
-            self._save(mine, self._extract(source, extractor, layer, np.arange(start, stop), device, batch_size,
-                                           progress and ctx.is_main))
+        if self._checked(mine, stop - start) is None and stop > start:
+            self._extract(source, extractor, layer, np.arange(start, stop), device, batch_size,
+                          progress and ctx.is_main, out=mine)
         distributed.barrier()
         if ctx.is_main:
             shards = [{"file": self._shard_path(path, r, ctx.world_size).name, "start": a, "stop": b}
@@ -160,12 +211,54 @@ class FeatureStore:
             self._describe(path, source, extractor, layer)
         distributed.barrier()
 
-    def _extract(self, source, extractor, layer, indices: np.ndarray, device, batch_size, progress) -> np.ndarray:
+    def _extract(self, source, extractor, layer, indices: np.ndarray, device, batch_size, progress,
+                 out: Path | None = None) -> np.ndarray | None:
+        """Features of rows ``indices``: in memory (``out`` None), or written batch by batch into a
+        memory-mapped ``.npy`` at ``out`` (renamed into place only once every row is written)."""
         self.computed += 1
-        chunks = []
-        for out in extractor.iter_layers(source, indices, [layer], device=device,
-                                         batch_size=batch_size, progress=progress):
-            chunks.append(pool(out[layer]).float().cpu().numpy())
-        if not chunks:
-            return np.zeros((0, 0), dtype=self.dtype)
-        return np.concatenate(chunks).astype(self.dtype, copy=False)
+        n = len(indices)
+        feats: np.ndarray | None = None
+        tmp = None if out is None else out.with_name(f".{out.stem}.tmp{os.getpid()}.npy")
+        if tmp is not None:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pos = 0
+            batches = extractor.iter_layers(source, indices, [layer], device=device, batch_size=batch_size,
+                                            progress=progress)
+            with worker_errors():
+                for batch in batches:
+                    rows = pool(batch[layer]).float().cpu().numpy().astype(self.dtype, copy=False)
+                    if feats is None:
+                        shape = (n, rows.shape[1])
+                        if tmp is None:
+                            feats = np.empty(shape, dtype=self.dtype)
+                        else:
+                            feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+                    feats[pos:pos + len(rows)] = rows
+                    pos += len(rows)
+            if feats is None:
+                feats = np.zeros((0, 0), dtype=self.dtype)
+                if tmp is not None:
+                    np.save(tmp, feats)
+            if tmp is not None:
+                if isinstance(feats, np.memmap):
+                    feats.flush()
+                del feats
+                os.replace(tmp, out)  # atomic: readers see the whole file or none
+                tmp = None
+                return None
+            return feats
+        finally:
+            if tmp is not None:  # interrupted (error, Ctrl-C, dead worker): keep only complete files
+                tmp.unlink(missing_ok=True)
+
+
+def _move_aside(path: Path, why: str) -> None:
+    """Rename a damaged cache file to ``*.bad.<suffix>`` (kept for inspection) with one warning line."""
+    bad = path.with_name(f"{path.stem}.bad{path.suffix}")
+    try:
+        os.replace(path, bad)
+    except OSError:
+        path.unlink(missing_ok=True)
+    print(f"warning: feature cache {path.name} is {why}; moved aside to {bad.name}, recomputing",
+          file=sys.stderr)

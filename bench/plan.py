@@ -43,7 +43,9 @@ class RunConfig:
     #: ``--set`` strings (``METHOD[.ROLE].PARAM=VALUE``) or parsed :class:`Setting` objects
     settings: list[str | Setting] = field(default_factory=list)
     batch_size: int = 64
-    precision: str = "fp32"
+    precision: str = "fp32"       # fp32 | bf16 | fp16: in the extractor's cache key and the record path
+    workers: int | None = None    # decode workers (None: one per core); a run resource, not in any key
+    decode: str = "auto"          # JPEG decode: auto (GPU on CUDA) | cpu | gpu; a run resource
     cache_dir: Path | None = None
     no_cache: bool = False
     progress: bool = False
@@ -117,6 +119,12 @@ def make_plan(cfg: RunConfig, regs: Registries) -> Plan:
         raise BenchError(f"--limit must be at least 2, got {cfg.limit}")
     if cfg.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.workers is not None:
+        from bench.pipeline import check_workers
+
+        check_workers(cfg.workers)
+    if cfg.decode not in ("auto", "cpu", "gpu"):
+        raise BenchError(f"--decode must be auto, cpu or gpu, got {cfg.decode!r}")
     if cfg.precision not in PRECISIONS:
         raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.preset not in ("auto", "paper", "quick"):

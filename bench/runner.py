@@ -119,6 +119,7 @@ class Runner:
         are rank 0's; other ranks return an empty list."""
         factory = self.regs.extractors.get(self.cfg.extractor)
         extractor = factory(weights=self.cfg.weights, device=self.device)
+        extractor.configure(workers=self.cfg.workers, precision=self.cfg.precision, decode=self.cfg.decode)
         results: list[CellResult] = []
         sources: dict[str, ImageSource] = {}
         for cell in self.plan.cells:

@@ -1,7 +1,8 @@
 """Dataset registry helpers: name → spec resolution, stratified ``--limit``, unreadable files.
 
-The registered specs live in :mod:`bench.datasets.builtin`; ``imagefolder:PATH`` is not
-registered but resolved by :func:`get_spec` from its prefix.
+The registered specs live in :mod:`bench.datasets.builtin`; ``imagefolder:PATH``,
+``synth-scale:N``, ``wds:DIR`` (webdataset tar shards) and ``hf:PATH`` (a Hugging Face dataset
+saved locally, or parquet files) are not registered but resolved by :func:`get_spec` from their prefix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from bench.errors import BenchError, DataError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 FOLDER_PREFIX = "folder:"
+WDS_PREFIX = "wds:"
+HF_PREFIX = "hf:"
 
 
 def resolve(name: str) -> DatasetSpec | None:
@@ -33,6 +36,14 @@ def resolve(name: str) -> DatasetSpec | None:
         if not path:
             raise BenchError("folder: needs a folder, e.g. folder:/data/production_images")
         return folder_spec(path)
+    if name.startswith("synth-scale:"):
+        from bench.datasets.synth import synth_scale_spec
+
+        return synth_scale_spec(name)
+    if name.startswith(WDS_PREFIX) or name.startswith(HF_PREFIX):
+        from bench.datasets.streams import stream_spec
+
+        return stream_spec(name)
     return None
 
 

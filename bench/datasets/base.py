@@ -37,6 +37,11 @@ class ImageSource:
     group_names: list[str] | None = None
     duplicate_pairs: np.ndarray | None = None   # (P, 2) int planted near-duplicates
     notes: dict[str, Any] = field(default_factory=dict)   # e.g. listed planted edge cases
+    #: image ``i`` decoded at its original size (file-backed sources): the data pipeline resizes
+    #: it once, straight to the extractor's input, instead of using the fixed-size ``image(i)``
+    native: Callable[[int], np.ndarray] | None = None
+    #: the file of each image, when there is one (lets the pipeline decode JPEGs on the GPU)
+    paths: list[str] | None = None
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` as an (H, W, 3) uint8 array."""
@@ -71,6 +76,8 @@ class ImageSource:
             concept_groups=self.concept_groups,
             groups=take(self.groups), group_names=self.group_names,
             duplicate_pairs=pairs, notes=dict(self.notes),
+            native=None if self.native is None else (lambda i: parent.native(int(idx[i]))),
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
         )
         return sub
 

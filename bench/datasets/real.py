@@ -160,9 +160,14 @@ def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, c
     def loader(i: int) -> np.ndarray:
         return read_image(paths[i], size)
 
+    def native(i: int) -> np.ndarray:
+        return read_image(paths[i], None)
+
+    # "pixels=native": extractors see each file resized once from its original pixels (bench.pipeline)
     return ImageSource(
-        name=name, revision=revision or files_revision(root, relpaths, extra=f"{name}|size={size}"),
-        n=len(paths), loader=loader, ids=list(relpaths), labels=labels, class_names=class_names,
+        name=name, revision=revision or files_revision(root, relpaths, extra=f"{name}|size={size}|pixels=native"),
+        n=len(paths), loader=loader, native=native, paths=paths, ids=list(relpaths), labels=labels,
+        class_names=class_names,
         groups=groups, group_names=group_names,
         notes={"root": str(root), "image_size": size, **(notes or {})},
     )

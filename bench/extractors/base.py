@@ -112,15 +112,67 @@ class Extractor:
     def iter_layers(self, source, indices: np.ndarray, layers: Sequence[str], *,
                     device: str | torch.device = "cpu", batch_size: int = 64,
                     progress: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-        """Stream activations of ``layers`` for ``source`` rows ``indices``."""
+        """Stream activations of ``layers`` for ``source`` rows ``indices``, batches decoded by the
+        :class:`~bench.pipeline.DataPipeline` (``self.workers`` processes, one exact resize)."""
+        from bench.pipeline import worker_errors
         from bench.progress import track
 
         self.to(device)
-        starts = range(0, len(indices), batch_size)
-        for start in track(starts, description=f"{self.name} {','.join(layers)}", enabled=progress):
-            rows = indices[start:start + batch_size]
-            images = np.stack([source.image(int(i)) for i in rows])
-            batch = self.preprocess(images).to(self.device, non_blocking=True)
-            with full_fp32():
-                out = self.forward(batch, layers)
-            yield out
+        pipe = self.pipeline(source, indices, batch_size=batch_size)
+        with worker_errors():
+            for _, images in track(pipe, description=f"{self.name} {','.join(layers)}", enabled=progress,
+                                   total=len(pipe)):
+                batch = self.prepare(images, exact=pipe.exact)
+                with self.precision_context():
+                    out = self.forward(batch, layers)
+                yield out if self.precision == "fp32" else {k: v.float() for k, v in out.items()}
+
+    def pipeline(self, source, indices: np.ndarray | None = None, *, batch_size: int = 64):
+        """The data pipeline feeding this extractor (its transform, workers, decode mode)."""
+        from bench.pipeline import DataPipeline
+
+        return DataPipeline(source, indices, batch_size=batch_size, workers=self.workers,
+                            transform=getattr(self, "transform", None), device=self.device, decode=self.decode)
+
+    def prepare(self, images, *, exact: bool = False) -> torch.Tensor:
+        """A pipeline batch → model input on ``self.device``: uint8 (B, H, W, 3) goes through
+        :meth:`preprocess`; an ``exact`` batch (B, 3, h, w) is already resized and is only normalised."""
+        if exact:
+            return self.transform.normalise(images.to(self.device, non_blocking=True))
+        return self.preprocess(images).to(self.device, non_blocking=True)
+
+    # --- run resources and precision ----------------------------------------------------
+    #: decode workers (None: one per core; 0: in-process), "auto"|"cpu"|"gpu" JPEG decode
+    workers: int | None = None
+    decode: str = "auto"
+    #: "fp32" (default, full float32, no TF32), "bf16" or "fp16" (autocast); part of cache_key()
+    precision: str = "fp32"
+
+    def configure(self, *, workers: int | None = None, precision: str | None = None,
+                  decode: str | None = None) -> Extractor:
+        """Set run resources (workers, decode) and the precision, checked up front."""
+        from bench.pipeline import DECODE_MODES, check_workers
+
+        if workers is not None:
+            self.workers = check_workers(workers)
+        if precision is not None:
+            if precision not in PRECISIONS:
+                raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+            self.precision = precision
+        if decode is not None:
+            if decode not in DECODE_MODES:
+                raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+            self.decode = decode
+        return self
+
+    def precision_context(self):
+        """fp32: TF32 off (:func:`full_fp32`); bf16/fp16: autocast on the extractor's device."""
+        if self.precision == "fp32":
+            return full_fp32()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+
+#: --precision → autocast dtype (None: plain float32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: --precision → the ``dtype`` entry of cache keys ("float32" as before, so fp32 keys do not move)
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.extractors.base import Extractor
+from bench.extractors.base import PRECISION_DTYPES, Extractor
 from bench.extractors.transforms import Preprocess
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -249,7 +249,8 @@ class ModelExtractor(Extractor, metaclass=ABCMeta):
     def cache_key(self) -> dict[str, Any]:
         return {"name": self.name, "library": self.library, "library_version": self._library_version(),
                 "torch": torch.__version__, "arch": self.arch, "weights_sha256": self.weights_sha256,
-                "preprocess": self.transform.as_dict(), "pooled": self.pooled_definition, "dtype": "float32"}
+                "preprocess": self.transform.as_dict(), "pooled": self.pooled_definition,
+                "dtype": PRECISION_DTYPES[self.precision]}
 
     def _library_version(self) -> str:
         import importlib.metadata as md

@@ -68,18 +68,29 @@ class Preprocess:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "impl": "torch-batch/uint8-resize-antialias"}
 
-    def __call__(self, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-        x = to_uint8_batch(images, device)
-        interp = _INTERPOLATIONS[self.interpolation]
+    @property
+    def fixed_size(self) -> bool:
+        """True when every image comes out at one size (so batches of any-size images stack)."""
+        return self.crop is not None or isinstance(self.resize, tuple)
+
+    def geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) → uint8 (B, 3, h, w): the one resize and the centre crop."""
         if self.resize is not None:
             size = [self.resize] if isinstance(self.resize, int) else list(self.resize)
-            x = TF.resize(x, size, interpolation=interp, antialias=True)
+            x = TF.resize(x, size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True)
         if self.crop is not None and tuple(x.shape[-2:]) != tuple(self.crop):
             x = TF.center_crop(x, list(self.crop))
+        return x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, h, w) → float32, scaled and normalised."""
         x = x.float().div_(self.scale).contiguous()
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std)
+
+    def __call__(self, images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self.normalise(self.geometry(to_uint8_batch(images, device)))
 
 
 def to_uint8_batch(images: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -184,15 +184,23 @@ class _BatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.table.batch(self.batches[i])
+    def __getitem__(self, i: int):
+        from bench.errors import DataError
+        from bench.pipeline import Failed
+
+        try:
+            return self.table.batch(self.batches[i])
+        except DataError as e:   # raised in the main process as the same one line, no worker traceback
+            return Failed(str(e))
 
 
 def batch_loader(table: ImageTable, batches: list[np.ndarray], *, num_workers: int, pin_memory: bool):
-    """Iterate padded uint8 batches; with workers, decoding runs in parallel (no randomness there)."""
+    """Iterate padded uint8 batches through the harness' data pipeline loader (``bench.pipeline``):
+    decoding in ``num_workers`` processes, in order, no randomness there (augmentation runs on the
+    device under the epoch's seed, so crops do not depend on the worker count); a corrupt file or a
+    dead worker ends the run with one line."""
+    from bench.pipeline import guarded, worker_loader
+
     if num_workers <= 0:
         return (table.batch(b) for b in batches)
-    # a private generator: the loader's worker seed must not consume the training RNG stream
-    return torch.utils.data.DataLoader(_BatchDataset(table, batches), batch_size=None, shuffle=False,
-                                       num_workers=num_workers, pin_memory=pin_memory,
-                                       generator=torch.Generator().manual_seed(0))
+    return guarded(worker_loader(_BatchDataset(table, batches), workers=num_workers, pin_memory=pin_memory))
