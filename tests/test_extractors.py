@@ -38,7 +38,8 @@ from bench.testing import make_tiny_source
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NAMES = ["tiny-vit", "pixels", "dino-vits16", "deit-s", "resnet50", "clip-rn50", "clip-vitb32",
-         "dinov2-vits14", "dinov2-vitb14", "convnextv2-tiny"]
+         "dinov2-vits14", "dinov2-vitb14", "convnextv2-tiny", "efficientnet-lite0", "efficientnet-lite2",
+         "mobilenetv2-imagenet"]
 
 
 def _images(n: int = 3, h: int = 70, w: int = 90, seed: int = 0) -> np.ndarray:
