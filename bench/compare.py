@@ -169,7 +169,10 @@ def p_value(observed: float, null: np.ndarray, direction: float) -> float:
 
 
 def bootstrap(score_fn, n_a: int | None, n_b: int, reps: int, seed: int) -> np.ndarray:
-    """Scores of ``reps`` resamples (with replacement, each side within itself; ``n_a=None``: B only)."""
+    """Scores of ``reps`` resamples (with replacement, each side within itself; ``n_a=None``: B only).
+
+    A resample repeats images; a comparator whose score reads repeats as near-duplicates (nearest
+    neighbours, clusters) tells them apart by ``DataView.indices``, which a repeat shares."""
     rng = np.random.default_rng([seed, 11])
     out = []
     for k in range(reps):

@@ -28,3 +28,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_console_width(monkeypatch):
+    """Printed tables are asserted on: the same width (the piped default) whatever terminal or
+    ``COLUMNS`` runs the tests, so a cell never wraps in CI but not here."""
+    from bench import cli
+
+    for c in (cli.console, cli.err_console):
+        monkeypatch.setattr(c, "_width", 160)

@@ -227,6 +227,20 @@ class WaveletSummariser(Summariser):
         return out
 
 
+def _nearest_other(w: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """Each row's distance to its nearest neighbour *from another image* of the same set.
+
+    A bootstrap resample repeats images; a repeat is not a near-duplicate, so rows that share an
+    ``origin`` (the view's source index) never count as each other's neighbour. Without repeats
+    this is the plain leave-one-out nearest-neighbour distance.
+    """
+    _, first, inverse = np.unique(origin, return_index=True, return_inverse=True)
+    if len(first) < 2:
+        raise DataError(f"wavelet: comparing needs at least 2 distinct images per dataset, got {len(first)}")
+    d, _ = nearest_neighbours(w[first], w[first], 1, exclude_self=True)
+    return d[inverse.ravel()]
+
+
 class WaveletComparator(Comparator):
     """Two datasets compared in wavelet space: nearest-neighbour distances and the
     cross-dataset near-duplicate rate (SSIM >= ``ssim_threshold`` with the most similar image
@@ -277,8 +291,7 @@ class WaveletComparator(Comparator):
         wb -= centre.astype(np.float32)
         d_ba, i_ba = nearest_neighbours(wb, wa, 1)
         d_ab, i_ab = nearest_neighbours(wa, wb, 1)
-        d_aa, _ = nearest_neighbours(wa, wa, 1, exclude_self=True)
-        d_bb, _ = nearest_neighbours(wb, wb, 1, exclude_self=True)
+        d_aa, d_bb = _nearest_other(wa, a.indices), _nearest_other(wb, b.indices)
         floor = 1e-9 * float(np.sqrt(np.mean(np.concatenate([(wa * wa).sum(1), (wb * wb).sum(1)]))) + 1e-30)
         means = {k: max(float(v.mean()), floor) for k, v in
                  (("ba", d_ba), ("ab", d_ab), ("aa", d_aa), ("bb", d_bb))}
