@@ -205,3 +205,32 @@ def test_summary_file_never_unpickles(tmp_path):
     with pytest.raises(Exception, match="not a readable bench summary"):
         summaryfile.load(tmp_path / "evil.bench")
     assert not marker.exists()
+
+
+def test_wavelet_finds_images_of_a_leaked_into_b(tmp_path):
+    """20 of A's images planted into B three ways (exact, JPEG quality 50, 2-px shift) among 100
+    other real-photo tiles: the cross-set pairs are found with precision and recall >= 0.9."""
+    from bench.datasets.neardup import original_tiles, perturb
+
+    tiles, _ = original_tiles(200, seed=0)
+    a, b_own = tiles[:100], tiles[100:]
+    leaked = np.random.default_rng(3).choice(100, 20, replace=False)
+    kinds = ("exact", "jpeg50", "shift2")
+    copies = [perturb(a[i], kind) for kind in kinds for i in leaked]
+    truth = {(int(i), 100 + k * 20 + j): kind for k, kind in enumerate(kinds) for j, i in enumerate(leaked)}
+    _write(tmp_path / "A", a)
+    _write(tmp_path / "B", np.concatenate([b_own, np.stack(copies)]))
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--methods", "wavelet", "--permutations", "9",
+                 "--out", str(tmp_path / "r"), *FAST]) == 0
+    store = RunStore(tmp_path / "r")
+    (path,) = store.record_files()
+    rec = store.read(path)
+    findings = store.load_artefacts(path)[0]["findings"]
+    (across,) = [f for f in findings if f["title"].startswith("near-duplicates across")]
+    found = {(r["a"], r["b"]) for r in across["rows"]}
+    hits = {kind: sum(p in found for p, k in truth.items() if k == kind) for kind in kinds}
+    precision, recall = len(found & truth.keys()) / len(found), sum(hits.values()) / len(truth)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall, hits)
+    assert hits["exact"] == 20
+    # the three copies of one image in B are near-duplicates of each other, too
+    assert rec.statistics["n_duplicate_pairs_within_b"] >= 50

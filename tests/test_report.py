@@ -333,3 +333,30 @@ def test_leaderboard_html_escapes_and_folds():
     assert "<h3>ds</h3>" in out and "<td>m&lt;x&gt; 1</td>" in out and "<th>nmi ↑</th>" in out
     assert "<td>&lt;y&gt;</td>" in out and "|---|" not in out
     assert out.count("<details>") == 3 and "<li>`m&lt;x&gt;` / `e` seed 1: boom `x`</li>" in out
+
+
+def test_compare_report_renders_what_differs_in_chromium(chromium, tmp_path):
+    """``bench compare`` on two folders of real photo tiles, B holding copies of A's: the report
+    shows the comparison with each method's findings, and every image loads in the browser."""
+    from PIL import Image
+
+    from bench.datasets.neardup import original_tiles, perturb
+
+    tiles, _ = original_tiles(60, tile=64, seed=0)
+    sides = {"A": tiles[:30], "B": np.concatenate([tiles[30:], [perturb(t, "jpeg50") for t in tiles[:5]]])}
+    for name, images in sides.items():
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(images):
+            Image.fromarray(im).save(tmp_path / name / f"{i:03d}.png")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--methods", "fd,wavelet,multicut",
+                 "--extractor", "pixels", "--permutations", "9", "--bootstrap", "5", "--no-progress",
+                 "--no-cache", "--out", str(out)]) == 0
+    text = (out / "report.html").read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    comparison = _section_html(text, "comparison")
+    for shown in ("mean shift vs covariance change", "near-duplicates across A and B", "clusters only"):
+        assert shown in comparison, shown
+    seen = browser_check(chromium, out / "report.html", tmp_path)
+    assert "comparison" in seen["sections"] and "leaderboard" not in seen["sections"]
+    assert seen["images"] == text.count("<img ") >= 4 and seen["broken"] == []
