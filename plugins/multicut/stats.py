@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gammaln
 from scipy.stats import entropy
-from sklearn.metrics import mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, mutual_info_score
 
 from bench.errors import DataError
 from bench.metrics import variation_of_information
@@ -116,6 +116,10 @@ def group_mixing(codes: np.ndarray, groups: np.ndarray) -> dict[str, float]:
                        is pure; larger means the groups are more different.
     mixing:            H(group | cluster)/H(group) in [0, 1]; 1 = clusters carry no group
                        information (perfectly mixed), 0 = clusters separate the groups.
+    adjusted_mutual_information: AMI(group, cluster) (scikit-learn, normalised by the
+                       smaller entropy; 0 at chance, 1 when every cluster holds one group): sees a cluster that is 72 % one group, which
+                       the pure share, counting only clusters with no image of the other group,
+                       does not.
     """
     codes, groups = np.asarray(codes).reshape(-1), np.asarray(groups).reshape(-1)
     if codes.shape != groups.shape:
@@ -136,6 +140,9 @@ def group_mixing(codes: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     adjusted = 0.0 if chance >= 1.0 - 1e-12 else (pure - chance) / (1.0 - chance)
     h_g = float(entropy(g_tot))
     mixing = float("nan") if h_g <= 0 else max(0.0, (h_g - float(mutual_info_score(groups, codes))) / h_g)
+    # all singletons: every shuffle has the observed information, AMI is 0/0 (sklearn returns noise)
+    informative = len(g_vals) > 1 and 1 < len(sizes) < n
+    ami = float(adjusted_mutual_info_score(groups, codes, average_method="min")) if informative else 0.0
     return {"pure_share": pure, "pure_share_chance": chance, "adjusted_pure_share": float(adjusted),
-            "mixing": mixing}
+            "mixing": mixing, "adjusted_mutual_information": ami}
 

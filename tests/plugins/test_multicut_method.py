@@ -276,6 +276,12 @@ def test_group_mixing_extremes_and_exact_chance():
     assert one["pure_share"] == 0.0 and one["mixing"] == pytest.approx(1.0)
     singletons = T.group_mixing(np.arange(60), groups)
     assert singletons["pure_share"] == 1.0 and singletons["adjusted_pure_share"] == 0.0
+    assert sep["adjusted_mutual_information"] == pytest.approx(1.0)
+    assert singletons["adjusted_mutual_information"] == pytest.approx(0.0, abs=1e-9)
+    # two clusters 80 % / 20 % one group: none pure, yet the clusters know the group
+    leaning = np.r_[np.zeros(24), np.ones(6), np.zeros(6), np.ones(24)]
+    lean = T.group_mixing(leaning, groups)
+    assert lean["pure_share"] == 0.0 and lean["adjusted_mutual_information"] > 0.2
     # the hypergeometric chance level equals the mean over shuffled groups
     codes = np.repeat(np.arange(15), 4)
     rng = np.random.default_rng(0)
