@@ -1,4 +1,4 @@
-"""Baselines shipped with the harness: ``kmeans`` (Summariser) and ``fd`` (Comparator).
+"""Baselines shipped with the harness: ``kmeans`` and ``phash`` (Summarisers) and ``fd`` (Comparator).
 
 They are what users would reach for instead of the five methods, so every leaderboard
 has a reference row. Registered through the same hooks as any plugin.
@@ -6,11 +6,14 @@ has a reference row. Registered through the same hooks as any plugin.
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import faiss
 import numpy as np
-from scipy import linalg
+import scipy.sparse as sp
+from scipy import fft, linalg
+from scipy.sparse.csgraph import connected_components
 
 from bench.api import Comparator, Comparison, DataView, Finding, Summariser, Summary, check_finite, check_k
 from bench.errors import BenchError, DataError
@@ -103,6 +106,100 @@ class KMeans(Summariser):
         self.summary_ = Summary(codes=codes,
                                 statistics={"k": float(k), "inertia": inertia},
                                 artefacts={"centroids": centroids})
+        return self
+
+
+PHASH_SIDE, PHASH_BLOCK = 32, 8
+
+
+def phash_bits(image: np.ndarray) -> np.ndarray:
+    """The 64 PHash bits (8×8 bool) of one (H, W, 3) or (H, W) uint8 image, as imagededup computes them.
+
+    Followed from ``idealo/imagededup`` (``methods/hashing.py: PHash._hash_algo`` and
+    ``utils/image_utils.py: preprocess_image``, unchanged up to its 2025 head): resize the RGB
+    image to 32×32 with PIL LANCZOS, *then* convert to grey (PIL ``L``, uint8); 2-D DCT-II with
+    scipy's default normalisation (``scipy.fftpack.dct(dct(x, axis=0), axis=1)``, i.e. norm=None,
+    not "ortho": the scale of the first row and column relative to the others decides their bits);
+    keep the top-left 8×8 block; the median is taken over its 63 coefficients *without* the DC
+    term; bit = coefficient >= median (imagededup's ``>=``; the DC term keeps its bit). So
+    ``np.packbits(bits)`` is imagededup's hex string as bytes and its Hamming distances carry over.
+    """
+    from PIL import Image
+
+    image = np.asarray(image, dtype=np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image))
+    if img.mode != "L":
+        img = img.convert("RGB")
+    grey = np.asarray(img.resize((PHASH_SIDE, PHASH_SIDE), Image.LANCZOS).convert("L"), dtype=np.float64)
+    block = fft.dctn(grey, type=2)[:PHASH_BLOCK, :PHASH_BLOCK]
+    return block >= np.median(block.ravel()[1:])
+
+
+def hamming_pairs(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i < j) of packed binary codes (N, bytes) within Hamming ``max_distance``, and
+    their distances: faiss ``IndexBinaryFlat`` range search, exact (no approximate index)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n = len(codes)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+    index.add(codes)
+    # faiss keeps distances strictly below the radius
+    lims, dist, found = index.range_search(codes, int(max_distance) + 1)
+    query = np.repeat(np.arange(n), np.diff(lims.astype(np.int64)))
+    keep = query < found
+    order = np.lexsort((found[keep], query[keep]))
+    pairs = np.stack([query[keep], found[keep]], axis=1).astype(np.int64)[order]
+    return pairs, np.rint(dist[keep]).astype(np.int64)[order]
+
+
+def pair_components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """(n,) component id of every image in the graph of ``pairs``; an image in no pair is its own."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+class PHash(Summariser):
+    """Perceptual hash duplicates, as imagededup's ``PHash().find_duplicates`` finds them: what a
+    user would run instead of the wavelet method to find near-duplicates.
+
+    64-bit PHash per image (:func:`phash_bits`); every pair within Hamming distance
+    ``max_distance`` (imagededup's default 10, inclusive) is a duplicate; codes are the connected
+    components of those pairs; the embedding is the 64 bits (the probe reads the hash itself).
+    """
+
+    name = "phash"
+    version = "1"
+    requires: ClassVar[frozenset[str]] = frozenset({"images"})
+    quick_params: ClassVar[dict] = {}   # hashing is already cheap on a CPU
+
+    def __init__(self, *, max_distance: int = 10):
+        self.max_distance = max_distance
+
+    def check_params(self) -> None:
+        d = self.max_distance
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= 64:
+            raise BenchError(f"phash: max_distance must be an integer from 0 to 64, got {d!r}")
+
+    def fit(self, data: DataView, *, seed: int = 0) -> PHash:
+        self.check_params()
+        t0 = time.perf_counter()
+        bits = [phash_bits(img) for batch in data.images() for img in batch]
+        if len(bits) != len(data):
+            raise DataError(f"phash: read {len(bits)} images of {data.name!r}, expected {len(data)}")
+        bits = np.asarray(bits, dtype=bool).reshape(len(data), PHASH_BLOCK * PHASH_BLOCK)
+        t_hash = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pairs, dist = hamming_pairs(np.packbits(bits, axis=1), self.max_distance)
+        codes = pair_components(len(bits), pairs)
+        self.hashes_ = np.packbits(bits, axis=1)
+        self.summary_ = Summary(
+            codes=codes, embedding=bits.astype(np.float32), duplicate_pairs=pairs,
+            statistics={"max_distance": float(self.max_distance), "n_duplicate_pairs": float(len(pairs)),
+                        "n_clusters": float(codes.max() + 1) if len(codes) else 0.0,
+                        "time_hash_s": t_hash, "time_search_s": time.perf_counter() - t0},
+            artefacts={"hashes": self.hashes_, "duplicate_pairs": pairs, "duplicate_distance": dist})
         return self
 
 
@@ -217,6 +314,7 @@ def _fd_result(fd: float, mean_term: float) -> Comparison:
 @hookimpl
 def bench_register_summarisers(registry):
     registry.add("kmeans", KMeans)
+    registry.add("phash", PHash)
 
 
 @hookimpl

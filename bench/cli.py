@@ -404,7 +404,9 @@ def cmd_plugins(args) -> int:
 
 def cmd_datasets(args) -> int:
     regs = _regs(args)
-    table = Table(title="datasets (also: imagefolder:PATH)")
+    table = Table(title="datasets (also: imagefolder:PATH, folder:PATH)",
+                  caption="a duplicates.csv (path_a,path_b[,kind]) in an image folder grades duplicate precision / "
+                          "recall on it")
     for col in ("name", "ready", "description"):
         table.add_column(col)
     for name in regs.datasets.names():

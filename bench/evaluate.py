@@ -60,6 +60,11 @@ def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
     labelled = None if labels is None else np.flatnonzero(labels >= 0)
     if labelled is not None and len(labelled) == 0:
         labels = labelled = None
+    planted = view.source.duplicate_pairs
+    if labels is not None and planted is not None and len(np.unique(labels[labelled])) < 2:
+        # one class folder holding a duplicates.csv (neardup.write_folder's layout): its ground
+        # truth is the pairs; label metrics would only fail (no probe on one class)
+        labels = labelled = None
     if summary.codes is not None:
         codes = np.asarray(summary.codes)
         out["n_clusters"] = float(len(np.unique(codes)))
@@ -78,7 +83,6 @@ def evaluate_summary(summary: Summary, view: DataView, *, seed: int,
             out["probe_acc"] = out["probe_acc_backbone"]  # same input, same protocol: same number
         else:
             out["probe_acc"] = M.linear_probe_accuracy(np.asarray(rep)[labelled], labels[labelled], seed=seed)
-    planted = view.source.duplicate_pairs
     if summary.duplicate_pairs is not None and planted is not None and len(planted):
         out.update(M.duplicate_scores(np.asarray(summary.duplicate_pairs), planted))
     return out

@@ -12,6 +12,11 @@ as a ``size``×``size`` RGB uint8 array (default 256): shorter side resized to `
 preprocessing; for the usual "resize ≥ crop, centre crop" pipelines the square centre
 crop loses no pixel those pipelines would keep.
 
+Known duplicates: a ``duplicates.csv`` in the folder (header ``path_a,path_b[,kind]``, paths
+relative to the folder, as ``bench.datasets.neardup.write_folder`` writes it) becomes the
+source's ``duplicate_pairs``, so duplicate precision / recall are graded on a user's own folder;
+its bytes enter the revision, so changed ground truth never reuses old records.
+
 Unreadable files: a corrupt or truncated image raises a one-line ``DataError`` naming
 the file when it is read (never silently replaced). ``bench.datasets.drop_unreadable``
 decodes every file up front and returns the source without them, listing what it
@@ -20,9 +25,11 @@ skipped in ``notes["skipped_files"]``.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import pickle
+import posixpath
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,11 +158,55 @@ def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
             from None
 
 
+DUPLICATES_CSV = "duplicates.csv"
+
+
+def read_duplicates_csv(root: Path, relpaths: list[str]) -> tuple[np.ndarray, str] | None:
+    """Known duplicate pairs of a folder from ``root/duplicates.csv``: ((P, 2) indices into
+    ``relpaths``, a hash of the file's bytes), or None without the file.
+
+    A row naming anything that is not an image of the folder is one DataError naming the file
+    and the line: a typo must not silently lower recall.
+    """
+    path = root / DUPLICATES_CSV
+    if not path.is_file():
+        return None
+    try:
+        raw = path.read_bytes()
+        rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e} (expected UTF-8 CSV with header path_a,path_b[,kind])") from None
+    header = [c.strip() for c in rows[0]] if rows else []
+    if header[:2] != ["path_a", "path_b"]:
+        raise DataError(f"{path}, line 1: the header must be path_a,path_b[,kind], got {','.join(header)!r}")
+    index = {rel: i for i, rel in enumerate(relpaths)}
+    pairs = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise DataError(f"{path}, line {line}: expected path_a,path_b[,kind], got {','.join(row)!r}")
+        ends = []
+        for cell in row[:2]:
+            rel = posixpath.normpath(cell.strip())
+            if rel not in index:
+                raise DataError(f"{path}, line {line}: {cell.strip()!r} is not an image of {root} (paths are "
+                                f"relative to that folder, e.g. {relpaths[0]!r})")
+            ends.append(index[rel])
+        if ends[0] == ends[1]:
+            raise DataError(f"{path}, line {line}: {row[0].strip()!r} is paired with itself")
+        pairs.append(ends)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), hashlib.sha256(raw).hexdigest()[:16]
+
+
 def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, class_names=None,
                    groups=None, group_names=None, size: int = DEFAULT_SIZE, roots: list[Path] | None = None,
-                   notes: dict | None = None, revision: str | None = None) -> ImageSource:
-    """An ImageSource over files; ``roots[i]`` (optional) is the root of file ``i``."""
+                   notes: dict | None = None, revision: str | None = None,
+                   duplicates: tuple[np.ndarray, str] | None = None) -> ImageSource:
+    """An ImageSource over files; ``roots[i]`` (optional) is the root of file ``i``; ``duplicates``
+    from :func:`read_duplicates_csv` (its hash enters the revision)."""
     paths = [str((roots[i] if roots else root) / rel) for i, rel in enumerate(relpaths)]
+    extra = f"{name}|size={size}|pixels=native" + (f"|duplicates={duplicates[1]}" if duplicates else "")
 
     def loader(i: int) -> np.ndarray:
         return read_image(paths[i], size)
@@ -165,11 +216,12 @@ def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, c
 
     # "pixels=native": extractors see each file resized once from its original pixels (bench.pipeline)
     return ImageSource(
-        name=name, revision=revision or files_revision(root, relpaths, extra=f"{name}|size={size}|pixels=native"),
+        name=name, revision=revision or files_revision(root, relpaths, extra=extra),
         n=len(paths), loader=loader, native=native, paths=paths, ids=list(relpaths), labels=labels,
         class_names=class_names,
-        groups=groups, group_names=group_names,
-        notes={"root": str(root), "image_size": size, **(notes or {})},
+        groups=groups, group_names=group_names, duplicate_pairs=duplicates[0] if duplicates else None,
+        notes={"root": str(root), "image_size": size, **(notes or {}),
+               **({"duplicates_csv": str(root / DUPLICATES_CSV)} if duplicates else {})},
     )
 
 
@@ -214,11 +266,13 @@ def scan_class_folders(root: Path, what: str) -> tuple[list[str], np.ndarray, li
 
 
 def imagefolder_source(root: str | Path, *, name: str | None = None, size: int = DEFAULT_SIZE) -> ImageSource:
-    """Any ``root/<class>/<image>`` tree (torchvision ImageFolder layout); classes = sorted folders."""
+    """Any ``root/<class>/<image>`` tree (torchvision ImageFolder layout); classes = sorted folders;
+    known duplicates from ``root/duplicates.csv`` when it exists."""
     root = Path(root).expanduser()
     name = name or f"imagefolder:{root}"
     relpaths, labels, classes = scan_class_folders(root, name)
-    return _folder_source(name, root, relpaths, labels=labels, class_names=classes, size=size)
+    return _folder_source(name, root, relpaths, labels=labels, class_names=classes, size=size,
+                          duplicates=read_duplicates_csv(root, relpaths))
 
 
 def imagefolder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
@@ -239,14 +293,15 @@ def imagefolder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
 
 
 def folder_source(root: str | Path, *, name: str | None = None, size: int = DEFAULT_SIZE) -> ImageSource:
-    """Every image under ``root`` (recursive), unlabelled: a user's own folder for ``bench compare``."""
+    """Every image under ``root`` (recursive), unlabelled: a user's own folder for ``bench compare``;
+    known duplicates from ``root/duplicates.csv`` when it exists."""
     root = Path(root).expanduser()
     name = name or f"folder:{root}"
     _need_dir(root, name)
     relpaths = _walk(root)
     if not relpaths:
         raise DataError(f"{name}: no images found under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return _folder_source(name, root, relpaths, size=size)
+    return _folder_source(name, root, relpaths, size=size, duplicates=read_duplicates_csv(root, relpaths))
 
 
 def folder_spec(path: str, *, size: int = DEFAULT_SIZE) -> DatasetSpec:
