@@ -200,6 +200,8 @@ class DataView:
 
 
 REQUIREMENTS = frozenset({"features", "activations", "images"})
+#: the ``--set METHOD.preset=NAME`` pseudo-parameter that picks one of a method's named presets
+PRESET_PARAM = "preset"
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,9 @@ class Tags:
                  limits): recorded, never part of the comparability key.
     null_draws, null_kind: a comparator's default null for ``bench compare`` (see Comparator).
     supports_summary: a comparator implements ``summarise`` / ``compare_summary``.
+    presets:     named science-parameter sets, chosen per method with ``--set METHOD.preset=NAME``
+                 (e.g. DNA's ``vdna``): they expand into ordinary parameters, so records and
+                 comparability keys hold the values themselves.
     """
 
     requires: frozenset[str]
@@ -227,6 +232,7 @@ class Tags:
     null_draws: int | None = None
     null_kind: str | None = None
     supports_summary: bool = False
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def tags_of(cls: type) -> Tags:
@@ -250,6 +256,16 @@ def tags_of(cls: type) -> Tags:
     resources = getattr(cls, "resources", frozenset())
     if isinstance(resources, str) or not set(resources) <= params:
         raise BenchError(f"{who}: tag 'resources' must name constructor parameters, got {resources!r}")
+    presets = getattr(cls, "presets", {}) or {}
+    if not isinstance(presets, dict) or not all(isinstance(k, str) and k and isinstance(v, dict)
+                                                for k, v in presets.items()):
+        raise BenchError(f"{who}: tag 'presets' must map names to dicts of constructor parameters, got {presets!r}")
+    bad = sorted({p for v in presets.values() for p in v} - params)
+    if bad:
+        raise BenchError(f"{who}: tag 'presets' sets unknown constructor parameter(s) {bad!r}")
+    if presets and PRESET_PARAM in params:
+        raise BenchError(f"{who}: a method with tag 'presets' cannot also have a constructor parameter "
+                         f"{PRESET_PARAM!r} (--set {PRESET_PARAM}=NAME would be ambiguous)")
     null_draws = null_kind = None
     if issubclass(cls, Comparator):
         null_draws, null_kind = getattr(cls, "null_draws", 200), getattr(cls, "null_kind", "permutation")
@@ -258,7 +274,8 @@ def tags_of(cls: type) -> Tags:
         if null_kind not in ("permutation", "split-half"):
             raise BenchError(f"{who}: tag 'null_kind' must be 'permutation' or 'split-half', got {null_kind!r}")
     return Tags(frozenset(requires), distributed, direction, dict(quick), frozenset(resources), null_draws,
-                null_kind, issubclass(cls, Comparator) and cls.supports_summary())
+                null_kind, issubclass(cls, Comparator) and cls.supports_summary(),
+                {k: dict(v) for k, v in presets.items()})
 
 
 class _Method:
@@ -273,6 +290,8 @@ class _Method:
     distributed: ClassVar[bool] = False
     #: CPU-sized overrides for ``--preset quick``
     quick_params: ClassVar[dict[str, Any]] = {}
+    #: named parameter sets for ``--set METHOD.preset=NAME`` (see :class:`Tags`)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
     #: constructor parameters that are run resources, kept out of the comparability key
     resources: ClassVar[frozenset[str]] = frozenset()
 

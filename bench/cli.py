@@ -99,7 +99,8 @@ def _common_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["auto", "paper", "quick"], default="auto",
                    help="method defaults: paper, or quick (CPU-sized); auto = quick on embedded datasets")
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
-                   help="set a method parameter (repeatable; type-checked before any work)")
+                   help="set a method parameter, or M.preset=NAME for a named set such as dna.preset=vdna "
+                   "(repeatable; type-checked before any work)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="fp32", metavar="P", help="extraction precision: fp32 | bf16 | fp16")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
@@ -130,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", choices=["auto", "paper", "quick"], default="auto",
                    help="method defaults: paper, or quick (CPU-sized); auto = quick on embedded datasets")
     r.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
-                   help="set a method parameter, e.g. --set kmeans.k=20 or --set dna.comparator.distance=nfd "
-                   "(repeatable; type-checked before any work)")
+                   help="set a method parameter, e.g. --set kmeans.k=20 or --set dna.comparator.distance=nfd, "
+                   "or a named preset: --set dna.preset=vdna (repeatable; type-checked before any work)")
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--workers", type=int, default=None, metavar="N",
                    help="image-decoding worker processes (default: one per core; 0 = in the main process)")

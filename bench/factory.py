@@ -5,11 +5,13 @@ dataset's images under the run's ``--limit`` convention: :func:`bench.datasets.l
 
 ``--set METHOD[.ROLE].PARAM=VALUE`` is parsed by :func:`parse_setting` and type-checked against
 the constructor's annotations (or its default's type) by :func:`coerce`, so ``k=2.7`` for an
-``int`` or ``k=true`` is one error before any work starts.
+``int`` or ``k=true`` is one error before any work starts. ``--set METHOD.preset=NAME`` picks
+one of the method's named parameter sets (e.g. ``dna.preset=vdna``).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import types
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.api import Comparator, DataView, Summariser, tags_of
+from bench.api import PRESET_PARAM, Comparator, DataView, Summariser, tags_of
 from bench.errors import BenchError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,14 +157,21 @@ def resolve_settings(regs: Registries, settings: list[Setting], methods: list[st
     """``--set`` values per method and role ({method: {role: {param: value}}}), type-checked.
 
     A setting without a role goes to every role of the method that has the parameter (``dna.distance``
-    is the comparator's); one that no role has is an error."""
+    is the comparator's); one that no role has is an error. ``METHOD[.ROLE].preset=NAME`` expands a
+    named preset (:attr:`bench.api.Tags.presets`) into its parameters first, so any other ``--set``
+    of the method overrides it whatever the order on the command line."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for s in settings:
+    # stable: presets first, everything else in command-line order
+    for s in sorted(settings, key=lambda s: s.param != PRESET_PARAM):
         if s.method not in methods:
             raise BenchError(f"--set names method {s.method!r}, which is not in --methods {','.join(methods)}")
         classes = method_classes(regs, s.method)
         if s.role is not None and s.role not in classes:
             raise BenchError(f"--set {s}: {s.method} has no {s.role} role (it has: {', '.join(classes)})")
+        if s.param == PRESET_PARAM and not any(PRESET_PARAM in cls._param_names() for cls in classes.values()):
+            for role, values in preset_params(classes, s).items():
+                out.setdefault(s.method, {}).setdefault(role, {}).update(values)
+            continue
         roles = [s.role] if s.role else [r for r, cls in classes.items() if s.param in cls._param_names()]
         if not roles:   # no role has it: let coerce name the valid parameters of the first role
             roles = [next(iter(classes))]
@@ -170,6 +179,19 @@ def resolve_settings(regs: Registries, settings: list[Setting], methods: list[st
             out.setdefault(s.method, {}).setdefault(role, {})[s.param] = coerce(
                 classes[role], s.param, s.text, method=s.method)
     return out
+
+
+def preset_params(classes: dict[str, type], setting: Setting) -> dict[str, dict[str, Any]]:
+    """{role: parameters} of the preset ``setting`` names, for its role or every role that has it."""
+    name = _json_or_text(setting.text)
+    roles = [setting.role] if setting.role else list(classes)
+    presets = {r: tags_of(classes[r]).presets for r in roles}
+    found = {r: copy.deepcopy(p[name]) for r, p in presets.items() if isinstance(name, str) and name in p}
+    if not found:
+        known = sorted({k for p in presets.values() for k in p})
+        raise BenchError(f"--set {setting}: {setting.method} has no preset {setting.text!r}; "
+                         + (f"presets: {', '.join(known)}" if known else "it has no named presets"))
+    return found
 
 
 # --------------------------------------------------------------------------- methods

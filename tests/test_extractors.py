@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -37,7 +38,7 @@ from bench.registry import Registry
 from bench.testing import make_tiny_source
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-NAMES = ["tiny-vit", "pixels", "dino-vits16", "deit-s", "resnet50", "clip-rn50", "clip-vitb32",
+NAMES = ["tiny-vit", "pixels", "dino-vits16", "deit-s", "resnet50", "rand-resnet50", "clip-rn50", "clip-vitb32",
          "dinov2-vits14", "dinov2-vitb14", "convnextv2-tiny", "efficientnet-lite0", "efficientnet-lite2",
          "mobilenetv2-imagenet"]
 
@@ -355,6 +356,8 @@ def test_timm_resnet_weights_file_and_a_file_of_the_wrong_architecture(tmp_path)
     with torch.no_grad():
         assert torch.equal(out["pooled"], src(x))
     assert ext.layer_names == ["stem", "stage0", "stage1", "stage2", "stage3"]
+    assert ext.block_layers == ["layer1_0", "layer2_0", "layer3_0", "layer4_0"]  # extra, not default
+    assert torch.equal(out["layer4_0"], out["stage3"])
     assert out["stem"].shape == (2, 64, 16, 16) and out["stage3"].shape == (2, 2048, 2, 2)
     assert ext.data_config["crop_pct"] == 0.95  # resnet50.a1_in1k's pretrained config
     with pytest.raises(BenchError, match="no token outputs"):
@@ -362,6 +365,54 @@ def test_timm_resnet_weights_file_and_a_file_of_the_wrong_architecture(tmp_path)
     with pytest.raises(BenchError, match=r"do not fit this architecture \(missing: layer1\.1\."):
         TimmExtractor(name="resnet50", arch="resnet50", weights=str(tmp_path / "r.safetensors"),
                       model_kwargs={"layers": [2, 1, 1, 1]})
+
+
+def test_rand_resnet50_taps_every_bottleneck_output_as_vdna_names_them():
+    """vdna's 16 ResNet-50 taps (15,104 neurons) besides the default stem and stages; each stage's
+    last block is that stage's output. Seeded: the same network twice, vdna's init (last BN not zeroed)."""
+    from bench.extractors.timm_models import RandResNet50Extractor
+
+    ext = RandResNet50Extractor()
+    names = [f"layer{i}_{j}" for i, n in enumerate((3, 4, 6, 3), start=1) for j in range(n)]
+    assert ext.block_layers == names and ext.layer_names == ["stem", "stage0", "stage1", "stage2", "stage3"]
+    assert ext.available_layers() == ["pooled", *ext.layer_names, *names]
+    assert ext.data_config == {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 1.0,
+                               "crop_mode": "squash", "mean": (0.485, 0.456, 0.406),
+                               "std": (0.229, 0.224, 0.225)}
+    assert ext.weights_sha256 == RandResNet50Extractor().weights_sha256
+    assert float(ext.model.layer1[0].bn3.weight.min()) == 1.0
+    out = ext.forward(ext.preprocess(_images(1, 224, 224)), ["stage0", "stage3", *names])
+    assert sum(out[k].shape[1] for k in names) == 15104
+    assert torch.equal(out["layer1_2"], out["stage0"]) and torch.equal(out["layer4_2"], out["stage3"])
+    assert out["layer3_5"].shape == (1, 1024, 14, 14)
+
+
+@pytest.mark.parametrize("wrap", ["flat", "model_state_dict", "state_dict+model", "module.-prefix"])
+def test_weights_files_are_unwrapped_from_checkpoint_wrappers(wrap, tmp_path):
+    """vdna's hub weights are {"model_state_dict": …, …}; Lightning's {"state_dict": …}; DDP keys
+    start with "module."; all load as the bare state dict, through weights_only=True."""
+    from bench.extractors.timm_models import RandResNet50Extractor
+
+    kw = {"layers": [1, 1, 1, 1]}
+    src = RandResNet50Extractor(seed=3, model_kwargs=kw)
+    sd = src.model.state_dict()
+    obj = {"flat": sd, "model_state_dict": {"model_state_dict": sd, "epoch": 7, "optimizer_state_dict": {"lr": 0.1}},
+           "state_dict+model": {"state_dict": {"model": sd}, "step": 2},
+           "module.-prefix": {"model": {"module." + k: v for k, v in sd.items()}}}[wrap]
+    torch.save(obj, tmp_path / "w.pth")
+    ext = RandResNet50Extractor(weights=str(tmp_path / "w.pth"), model_kwargs=kw)
+    assert ext.weights_sha256 == src.weights_sha256 != RandResNet50Extractor(model_kwargs=kw).weights_sha256
+
+
+def test_weights_wrapper_with_python_objects_is_refused_in_one_line(tmp_path):
+    from bench.extractors.timm_models import RandResNet50Extractor
+
+    kw = {"layers": [1, 1, 1, 1]}
+    torch.save({"model_state_dict": RandResNet50Extractor(model_kwargs=kw).model.state_dict(),
+                "args": Path("/x")}, tmp_path / "w.pth")  # an object a weights-only load does not run
+    with pytest.raises(BenchError, match="Python objects besides tensors") as err:
+        RandResNet50Extractor(weights=str(tmp_path / "w.pth"), model_kwargs=kw)
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- open_clip from files

@@ -59,7 +59,14 @@ class Extractor:
 
     @property
     def layer_names(self) -> list[str]:
-        """Named intermediate layers this extractor can return, shallow to deep."""
+        """Named intermediate layers a method taps by default, shallow to deep."""
+        return []
+
+    @property
+    def block_layers(self) -> list[str]:
+        """Every block's output, shallow to deep, as vdna taps them (a ResNet's bottlenecks, a
+        ViT's blocks and final norm); [] when the extractor declares none. Accepted by
+        :meth:`forward` besides :attr:`layer_names`."""
         return []
 
     def cache_key(self) -> dict[str, Any]:
@@ -80,7 +87,9 @@ class Extractor:
     # --- shared ---------------------------------------------------------------------
     def available_layers(self) -> list[str]:
         """Every layer name ``forward`` accepts."""
-        return ["pooled"] + (["tokens"] if self.has_tokens else []) + list(self.layer_names)
+        names = list(self.layer_names)
+        return ["pooled"] + (["tokens"] if self.has_tokens else []) + names + \
+            [k for k in self.block_layers if k not in names]
 
     def check_layers(self, layers: Sequence[str]) -> None:
         """Raise ONE line naming the available layers if any of ``layers`` is unknown."""

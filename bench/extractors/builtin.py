@@ -9,6 +9,7 @@ libraries are imported only when a factory is called, so listing extractors stay
 ``dino-vits16``    timm ``vit_small_patch16_224.dino``
 ``deit-s``         timm ``deit_small_patch16_224``
 ``resnet50``       timm ``resnet50`` (a1_in1k)
+``rand-resnet50``  offline: vdna's ``rand_resnet50``, a seeded random-init ResNet-50 (``--weights``: vdna's file)
 ``clip-rn50``      open_clip ``RN50`` / ``openai``
 ``clip-vitb32``    open_clip ``ViT-B-32`` / ``openai``
 ``dinov2-vits14``  transformers ``facebook/dinov2-small``
@@ -38,6 +39,13 @@ def pixels(weights: str | None = None, device="cpu") -> Extractor:
     from bench.extractors.pixels import PixelsExtractor
 
     return PixelsExtractor(weights=weights, device=device)
+
+
+def rand_resnet50(weights: str | None = None, device="cpu") -> Extractor:
+    """vdna's 'rand_resnet50': seeded random-init timm 'resnet50' (--weights: vdna's weights.pth)"""
+    from bench.extractors.timm_models import RandResNet50Extractor
+
+    return RandResNet50Extractor(weights=weights, device=device)
 
 
 def _timm(name: str, arch: str):
@@ -91,6 +99,7 @@ FACTORIES = {
     "dino-vits16": _timm("dino-vits16", "vit_small_patch16_224.dino"),
     "deit-s": _timm("deit-s", "deit_small_patch16_224"),
     "resnet50": _timm("resnet50", "resnet50"),
+    "rand-resnet50": rand_resnet50,
     "clip-rn50": _open_clip("clip-rn50", "RN50", "openai"),
     "clip-vitb32": _open_clip("clip-vitb32", "ViT-B-32", "openai"),
     "dinov2-vits14": _hf("dinov2-vits14", "facebook/dinov2-small", "dinov2"),

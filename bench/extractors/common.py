@@ -98,9 +98,26 @@ def _why_unreadable(path: Path, exc: BaseException) -> str:
     return f"truncated or corrupt ({type(exc).__name__})"
 
 
+#: keys under which training checkpoints keep the model's state dict (vdna's hub weights use
+#: ``model_state_dict``; Lightning ``state_dict``; DINO / timm trainers ``model`` or ``module``)
+STATE_DICT_WRAPPERS = ("model_state_dict", "state_dict", "model", "module")
+
+
+def unwrap_state_dict(obj: Any) -> Any:
+    """The state dict inside checkpoint wrappers (nested ones too): a wrapper is a dict whose
+    :data:`STATE_DICT_WRAPPERS` key holds a dict, beside other entries (epoch, optimizer …)."""
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in STATE_DICT_WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (``weights_only=True``: tensors and plain
-    containers, nothing is unpickled that could run code), unwrapping 'state_dict'/'model'.
+    containers, nothing is unpickled that could run code), unwrapping checkpoint wrappers
+    (:func:`unwrap_state_dict`).
 
     A malformed file (empty, truncated, text, Python objects besides tensors) is one line
     saying what is wrong; the loaders' own messages are not passed on, as torch's suggests
@@ -128,9 +145,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip) …; one line
             raise _unreadable(path, _why_unreadable(path, exc)) from None
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
+    sd = unwrap_state_dict(sd)
     if not isinstance(sd, dict):
         raise BenchError(f"weights file {str(path)!r} does not hold a state dict")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
@@ -177,6 +192,10 @@ class ModelExtractor(Extractor, metaclass=ABCMeta):
         self.model: nn.Module | None = None
         self.transform: Preprocess | None = None
         self.weights_sha256 = ""
+        #: block outputs tapped besides the default layers (:meth:`_tap_blocks`), or every block
+        #: output when they are default layers too (ViTs): :attr:`block_layers`
+        self._block_layers: list[str] = []
+        self._extra_taps: set[str] = set()
 
     # set-up --------------------------------------------------------------------------
     def _finish(self, model: nn.Module, transform: Preprocess) -> None:
@@ -195,10 +214,25 @@ class ModelExtractor(Extractor, metaclass=ABCMeta):
         module.register_forward_hook(hook)
         self._taps[layer] = (module, adapt)
 
+    def _tap_blocks(self, stages: Sequence[nn.Module]) -> None:
+        """Tap every block of a ResNet's stages as ``layer{i}_{j}`` (vdna's names, so its range
+        and DNA files fit): extra layers beside the stage outputs, never tapped by default (each
+        stage's last block is that stage's output)."""
+        for i, stage in enumerate(stages, start=1):
+            for j, block in enumerate(stage):
+                name = f"layer{i}_{j}"
+                self._tap(name, block)
+                self._extra_taps.add(name)
+                self._block_layers.append(name)
+
     # the Extractor contract ------------------------------------------------------------
     @property
     def layer_names(self) -> list[str]:
-        return list(self._taps) + self._extra_layers()
+        return [k for k in self._taps if k not in self._extra_taps] + self._extra_layers()
+
+    @property
+    def block_layers(self) -> list[str]:
+        return list(self._block_layers)
 
     def _extra_layers(self) -> list[str]:
         """Layers computed from the tokens rather than hooked (``norm`` for ViTs)."""

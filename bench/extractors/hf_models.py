@@ -110,6 +110,10 @@ class HFExtractor(ModelExtractor):
             return [f"block{i}" for i in self._blocks] + ["norm"]
         return ["stem"] + [f"stage{i}" for i in self._blocks]
 
+    @property
+    def block_layers(self) -> list[str]:
+        return self.layer_names if self.family == "dinov2" else []
+
     def _run(self, batch: torch.Tensor, want_tokens: bool, layers: list[str]):
         out = self.model(pixel_values=batch, output_hidden_states=bool(layers), return_dict=True)
         acts = {}

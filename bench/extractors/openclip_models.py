@@ -77,16 +77,18 @@ class OpenClipExtractor(ModelExtractor):
                 raise BenchError(f"open_clip {self.arch!r}: attention-pooled or pool-then-norm towers have "
                                  "no normed token output; not supported")
             self._tap("_ln_post", visual.ln_post)
+            self._block_layers = [f"block{i}" for i in range(len(visual.transformer.resblocks))] + ["norm"]
         elif hasattr(visual, "layer4"):  # ModifiedResNet
             self._tap("stem", visual.avgpool)
             for i in range(4):
                 self._tap(f"stage{i}", getattr(visual, f"layer{i + 1}"))
+            self._tap_blocks([getattr(visual, f"layer{i + 1}") for i in range(4)])
         else:
             raise BenchError(f"open_clip {self.arch!r}: unsupported image tower {type(visual).__name__}")
 
     @property
     def layer_names(self) -> list[str]:
-        return [k for k in self._taps if not k.startswith("_")] + self._extra_layers()
+        return [k for k in super().layer_names if not k.startswith("_")]
 
     def cache_key(self):
         return {**super().cache_key(), "quick_gelu": self.quick_gelu}

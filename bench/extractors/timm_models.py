@@ -8,7 +8,12 @@ checkpoint filter timm applies to hub weights (e.g. for original DINO checkpoint
 
 Layers. ViTs: ``block0`` … ``block{N-1}`` (block outputs, (B, D, T), class token first) and
 ``norm`` (the final norm, = ``tokens`` transposed); ``tokens`` is (B, T, D). ResNets:
-``stem`` (after the max-pool) and ``stage0`` … ``stage3`` as (B, C, H, W).
+``stem`` (after the max-pool) and ``stage0`` … ``stage3`` as (B, C, H, W), the default taps;
+besides them every bottleneck's output ``layer1_0`` … ``layer4_2`` (16 for a ResNet-50, vdna's
+taps and names: :attr:`~bench.extractors.base.Extractor.block_layers`).
+
+``rand-resnet50`` is vdna's ``rand_resnet50``: a seeded random-init ResNet-50 with vdna's init
+and preprocessing; ``--weights`` takes vdna's own ``weights.pth`` (or any ResNet-50 state dict).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from bench.extractors.common import (
     load_state_dict_file,
     nlc_to_nct,
 )
-from bench.extractors.transforms import from_timm_config
+from bench.extractors.transforms import Preprocess, from_timm_config
 
 #: seed of the torch generator that initialises ``tiny-vit``
 TINY_VIT_SEED = 0
@@ -65,7 +70,7 @@ class TimmExtractor(ModelExtractor):
                 raise download_error(name, f"timm {arch!r} (Hugging Face hub)", exc) from None
         self._setup(model)
 
-    def _setup(self, model: torch.nn.Module) -> None:
+    def _setup(self, model: torch.nn.Module, transform: Preprocess | None = None) -> None:
         import timm.data
 
         cfg = timm.data.resolve_model_data_config(model)
@@ -73,16 +78,18 @@ class TimmExtractor(ModelExtractor):
             self.has_tokens = True
             for i, block in enumerate(model.blocks):
                 self._tap(f"block{i}", block, nlc_to_nct)
+            self._block_layers = [f"block{i}" for i in range(len(model.blocks))] + ["norm"]
             self.pooled_definition = f"forward_head(pre_logits), global_pool={model.global_pool or 'token'}"
         elif hasattr(model, "layer4") and hasattr(model, "maxpool"):  # timm ResNet family
             self._tap("stem", model.maxpool)
             for i in range(4):
                 self._tap(f"stage{i}", getattr(model, f"layer{i + 1}"))
+            self._tap_blocks([getattr(model, f"layer{i + 1}") for i in range(4)])
             self.pooled_definition = f"forward_head(pre_logits), global_pool={model.global_pool.pool_type}"
         else:
             raise BenchError(f"timm model {self.arch!r}: only VisionTransformer and ResNet layouts are "
                              "supported by this extractor")
-        self._finish(model, from_timm_config(cfg))
+        self._finish(model, transform or from_timm_config(cfg))
 
     def _run(self, batch: torch.Tensor, want_tokens: bool, layers: list[str]):
         feats, acts = self._hooked(self.model.forward_features, batch, layers)
@@ -114,6 +121,52 @@ def load_timm_file(model: torch.nn.Module, path: Path, name: str) -> None:
                            for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
         raise BenchError(f"extractor {name!r}: the weights in {str(path)!r} do not fit this architecture "
                          f"({detail})")
+
+
+# --------------------------------------------------------------------------- vdna's random ResNet-50
+
+#: seed of the torch generator that initialises ``rand-resnet50``
+RAND_RESNET50_SEED = 0
+#: vdna's ResNet-50 input (``utils/im.py``): squashed to 224² (no crop), bicubic, ImageNet mean / std.
+#: vdna resizes float pixels with PIL; this resizes uint8 (within one grey level; 224² images are
+#: passed through untouched by both)
+VDNA_RESNET_PREPROCESS = Preprocess(resize=(224, 224), crop=None, interpolation="bicubic",
+                                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=1.0)
+
+
+def make_rand_resnet50(seed: int = RAND_RESNET50_SEED, **overrides) -> torch.nn.Module:
+    """timm ``resnet50`` with vdna's random init (SwAV's: He-normal fan-out convolutions, BN at
+    1 / 0, last BN of each block *not* zeroed, unlike timm's default); CPU generator, forked."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model("resnet50", pretrained=False, **{"num_classes": 0, "zero_init_last": False,
+                                                                   **overrides})
+
+
+class RandResNet50Extractor(TimmExtractor):
+    """``rand-resnet50``: vdna's ``rand_resnet50`` (a random-init ResNet-50 as a feature extractor).
+
+    Its architecture is timm's ``resnet50``, layer for layer the SwAV ResNet vdna builds (vdna's
+    zero pad of 1 then a padding-2 stem convolution is the same as padding 3), with the same
+    state-dict names, so vdna's ``Random/rand_resnet50/weights.pth`` loads with ``--weights`` (its
+    ``model_state_dict`` wrapper is unwrapped). Without weights: a seeded init of vdna's kind, the
+    same on every machine for one torch version, but not vdna's draw. Preprocessing is vdna's
+    (:data:`VDNA_RESNET_PREPROCESS`). ``model_kwargs`` go to ``timm.create_model`` (tests shrink it).
+    """
+
+    def __init__(self, *, name: str = "rand-resnet50", weights: str | None = None, device="cpu",
+                 seed: int = RAND_RESNET50_SEED, model_kwargs: dict | None = None):
+        ModelExtractor.__init__(self, name=name, arch="resnet50", weights=weights, device=device, pooled="")
+        path = check_weights_path(name, weights) if weights is not None else None
+        model = make_rand_resnet50(seed, **(model_kwargs or {}))
+        self.seed = seed
+        if path is not None:
+            load_timm_file(model, path, name)
+        if model_kwargs:
+            self.arch = "resnet50:" + ",".join(f"{k}={v}" for k, v in sorted(model_kwargs.items()))
+        self._setup(model, VDNA_RESNET_PREPROCESS)
 
 
 def _is_vit_arch(arch: str) -> bool:

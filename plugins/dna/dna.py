@@ -328,11 +328,24 @@ def check_bins(bins: int) -> None:
 # --------------------------------------------------------------------------- from a DataView
 
 
+#: ``layers=BLOCKS``: every block output of the extractor, vdna's taps (a ResNet's bottlenecks)
+BLOCKS = "blocks"
+
+
 def resolve_layers(view: DataView, layers: Sequence[str] | str | None) -> list[str]:
-    """The extractor's tapped layers (all intermediate layers by default, as vdna taps all blocks)."""
+    """The tapped layers: the extractor's default intermediate layers (None), every block
+    output as vdna taps them (``"blocks"``: a ResNet-50's 16 bottlenecks, a ViT's blocks and
+    final norm), or the named ones."""
     available = list(view.extractor.layer_names)
     if layers is None:
         return available or ["pooled"]
+    if isinstance(layers, str) and layers == BLOCKS:
+        blocks = list(getattr(view.extractor, "block_layers", None) or [])
+        if not blocks:
+            raise BenchError(f"dna: extractor {view.extractor.name!r} declares no block outputs for "
+                             f"layers={BLOCKS!r}; name its layers instead: {', '.join(available + ['pooled'])}")
+        return blocks
+    available += [k for k in getattr(view.extractor, "block_layers", None) or [] if k not in available]
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)

@@ -7,6 +7,24 @@ it reports the spatial mean of every neuron (the linear probe's input).
 Comparator: mean per-neuron EMD between the DNAs of A and B, in bin units (vdna's unit,
 0 … bins − 1), histograms over ranges taken from the reference A; per-layer values, the
 most different neurons, NFD and per-layer FD come in the detail.
+
+Where the defaults deliberately differ from vdna 0.1.1, and why:
+
+* taps: the extractor's default layers (a ResNet's stem and 4 stage outputs), not every block
+  (vdna: a ResNet-50's 16 bottleneck outputs) — fewer, non-overlapping taps, and the committed
+  leaderboard's numbers stay comparable;
+* ranges: measured on the reference set A (vdna ships fixed per-extractor range files from the
+  Hugging Face hub, unreachable offline) and widened ×1.2 about their centre (vdna: ×1.2 about
+  zero, which moves a positive minimum up and clips real values into the edge bin).
+
+The ``vdna`` preset (``--set dna.preset=vdna``; :data:`VDNA_PRESET`) gives vdna's taps
+(``layers="blocks"``), range convention, 1000 bins, every position as a sample, float64
+binning and, for the comparator, EMD in bins averaged over all neurons. With vdna's own files,
+``--extractor rand-resnet50 --weights weights.pth --set dna.ranges=activation_ranges.json``
+(from ``bramtoula/visual-dna-models``, ``Random/rand_resnet50/``), scores equal vdna's
+``EMD(vdna1, vdna2)`` (tested against vdna itself to 1e-6 relative). A ranges file keeps its own
+convention: ``range_mode`` / ``range_scale`` apply to ranges measured from images; vdna's
+files, which record none, are read with vdna's.
 """
 
 from __future__ import annotations
@@ -99,14 +117,21 @@ def _ranges_for(m: Any, spec: str, ref: DataView, layers: list[str], seed: int,
             r = r.union(passes["b"].ranges)
         return r, spec, passes
     if isinstance(spec, str):
-        r = Ranges.load(spec, mode=m.range_mode, scale=m.range_scale)
+        # the file's own convention (vdna's files record none and are read with vdna's): the
+        # numbers in it were measured for that convention, and a DNA saved with them used it
+        r = Ranges.load(spec)
         missing = [k for k in layers if k not in r.mins]
         if missing:
             raise DataError(f"dna: the ranges file {spec!r} has no ranges for layer(s) {', '.join(missing)}")
-        sub = Ranges({k: r.mins[k] for k in layers}, {k: r.maxs[k] for k in layers}, mode=m.range_mode,
-                     scale=m.range_scale)
+        sub = Ranges({k: r.mins[k] for k in layers}, {k: r.maxs[k] for k in layers}, mode=r.mode, scale=r.scale)
         return sub, "file", {}
     raise BenchError(f"dna: ranges must be 'reference', 'union' or a path to a ranges / DNA .json, got {spec!r}")
+
+
+#: vdna 0.1.1's conventions (``--set dna.preset=vdna``): every block output, 1000 bins, ranges
+#: ×1.2 about zero, every spatial position / token a sample, float64 binning as its histc
+VDNA_PRESET: dict[str, Any] = {"layers": "blocks", "bins": 1000, "range_mode": "zero", "range_scale": 1.2,
+                               "sample": "positions", "precision": "float64"}
 
 
 def _entropy_bits(counts: torch.Tensor) -> torch.Tensor:
@@ -122,9 +147,10 @@ class DNASummariser(Summariser):
     its vdna-layout metadata with ranges, Gaussian means / variances, a per-layer table; the
     DNA objects are ``dna_``, ``gaussian_``, ``layer_gaussian_`` (``save_dna`` writes them).
 
-    layers: tapped layers (default: all of the extractor's, as vdna taps every block);
-    ranges: "self" (min / max of this dataset) or a ranges / DNA .json file; range_mode:
-    "centre" (widen ×range_scale about the centre) or "zero" (vdna: ×1.2 about zero);
+    layers: tapped layers (default: the extractor's default layers; "blocks": every block
+    output, as vdna taps them); ranges: "self" (min / max of this dataset) or a ranges / DNA
+    .json file (read with its own convention); range_mode: for measured ranges, "centre"
+    (widen ×range_scale about the centre) or "zero" (vdna: ×1.2 about zero);
     range_images: ranges from a seeded subsample (its activations are re-used, so one pass);
     sample: "positions" (every token, vdna) or "image_mean"; precision: "float64" bins exactly
     as vdna's float64 histc, "float32" is faster and moves a few values by one bin.
@@ -136,8 +162,10 @@ class DNASummariser(Summariser):
     #: CPU preset for the small embedded datasets: ranges from 256 images, whose activations are
     #: kept for the histogram pass, so the extractor runs once per image instead of twice
     quick_params: ClassVar[dict] = {"range_images": 256}
+    #: ``--set dna.preset=vdna``: vdna 0.1.1's DNA (see the module docstring)
+    presets: ClassVar[dict] = {"vdna": dict(VDNA_PRESET)}
 
-    def __init__(self, *, layers: Sequence[str] | None = None, bins: int = 1000, ranges: str = "self",
+    def __init__(self, *, layers: Sequence[str] | str | None = None, bins: int = 1000, ranges: str = "self",
                  range_mode: str = "centre", range_scale: float = 1.2, range_images: int | None = None,
                  sample: str = "positions", variants: Sequence[str] = ("histogram", "gaussian"),
                  precision: str = "float64"):
@@ -217,7 +245,7 @@ class DNAComparator(Comparator):
     image ↔ dataset too (a view of one image). ``distance``: "emd" (score in bins), "emd_act"
     (activation units), "nfd" or "fd"; all four are in ``statistics``. Ranges and DNAs of
     recent views are cached by content, so a ladder streams its reference once.
-    Other parameters as for :class:`DNASummariser`.
+    Other parameters as for :class:`DNASummariser`; ``--set dna.preset=vdna`` scores as vdna.
     """
 
     name = "dna"
@@ -225,8 +253,10 @@ class DNAComparator(Comparator):
     requires: ClassVar[frozenset[str]] = frozenset({"activations"})
     larger_is_more_different: ClassVar[bool] = True
     quick_params: ClassVar[dict] = {"range_images": 256}
+    #: ``--set dna.preset=vdna``: vdna 0.1.1's DNA and its ``EMD`` (mean over all neurons, in bins)
+    presets: ClassVar[dict] = {"vdna": {**VDNA_PRESET, "distance": "emd"}}
 
-    def __init__(self, *, layers: Sequence[str] | None = None, bins: int = 1000, distance: str = "emd",
+    def __init__(self, *, layers: Sequence[str] | str | None = None, bins: int = 1000, distance: str = "emd",
                  ranges: str = "reference", range_mode: str = "centre", range_scale: float = 1.2,
                  range_images: int | None = None, sample: str = "positions",
                  neurons: Mapping[str, Sequence[int]] | None = None, select_concept: str | None = None,
