@@ -5,7 +5,7 @@
     bench summarise A --save A.bench   # then: bench compare A.bench B
     bench run --methods protosim,dna --datasets passnet --extractor dino-vits16
     bench list | plugins | datasets | extractors
-    bench leaderboard [RESULTS] [-o leaderboards]
+    bench leaderboard [RESULTS] [-o DIR]
     bench report RUN_DIR [-o report.html]   # one self-contained HTML page of a run's pictures
     bench check METHOD              # the plugin conformance checks
 
@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("extractors", help="list feature extractors")
     lb = sub.add_parser("leaderboard", help="regenerate leaderboard tables from records")
     lb.add_argument("results", nargs="?", type=Path, default=Path("results"), help="records directory")
-    lb.add_argument("-o", "--out", type=Path, default=Path("leaderboards"), help="output directory")
+    lb.add_argument("-o", "--out", type=Path, default=None,
+                    help="output directory (default RESULTS/leaderboard: beside the records, never over "
+                         "tables elsewhere)")
     rp = sub.add_parser("report", help="render a run's records and artefacts as one self-contained HTML page")
     rp.add_argument("run_dir", type=Path, help="records directory of a run (its --out)")
     rp.add_argument("-o", "--out", type=Path, default=None, help="output file (default RUN_DIR/report.html)")
@@ -439,6 +441,8 @@ def cmd_leaderboard(args) -> int:
     if not args.results.is_dir():
         raise BenchError(f"no records directory {str(args.results)!r}; run `bench run` first or pass the "
                          "directory that holds the records")
+    if args.out is None:
+        args.out = args.results / "leaderboard"
     check_writable_dir(args.out, "-o")
     if not RunStore(args.results).record_files():
         raise BenchError(f"no run records (seed*.json) under {str(args.results)!r}; nothing written to {args.out}")

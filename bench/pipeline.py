@@ -103,7 +103,7 @@ class _Batches(torch.utils.data.Dataset):
         rows = self.batch_rows(k)
         try:
             if self.mode == "plain":
-                return np.stack([self.source.image(int(i)) for i in rows])
+                return _stack_runs([self.source.image(int(i)) for i in rows])
             if self.mode == "exact":
                 return torch.cat([exact_resize(self.source.native(int(i)), self.geometry) for i in rows])
             blobs = [read_bytes(self.source.paths[int(i)]) for i in rows]
@@ -111,6 +111,22 @@ class _Batches(torch.utils.data.Dataset):
             return torch.cat(blobs), torch.tensor([len(b) for b in blobs], dtype=torch.int64)
         except DataError as e:
             return Failed(str(e))
+
+
+@dataclass
+class Runs:
+    """A plain batch whose images differ in size: consecutive runs of one size, each stacked."""
+
+    runs: list[np.ndarray]
+
+
+def _stack_runs(images: list[np.ndarray]) -> np.ndarray | Runs:
+    """One (B, H, W, 3) array, or, when sizes differ (A ∪ B of 28 and 32 px), a :class:`Runs`:
+    the order is kept, so consumers see the same images in the same order, in smaller batches."""
+    if all(im.shape == images[0].shape for im in images):
+        return np.stack(images)
+    cuts = [k for k in range(1, len(images)) if images[k].shape != images[k - 1].shape]
+    return Runs([np.stack(images[lo:hi]) for lo, hi in zip([0, *cuts], [*cuts, len(images)])])
 
 
 def exact_resize(image: np.ndarray, geometry: Callable[[torch.Tensor], torch.Tensor],
@@ -183,6 +199,12 @@ class DataPipeline:
             if isinstance(item, Failed):
                 raise DataError(item.message)
             rows = data.batch_rows(k)
+            if isinstance(item, Runs):
+                start = 0
+                for run in item.runs:
+                    yield rows[start:start + len(run)], run
+                    start += len(run)
+                continue
             yield rows, (self._decode_on_device(item, rows) if self.mode == "bytes" else item)
 
     def _loader(self, data: _Batches) -> Iterator[Any]:

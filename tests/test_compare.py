@@ -234,3 +234,18 @@ def test_wavelet_finds_images_of_a_leaked_into_b(tmp_path):
     assert hits["exact"] == 20
     # the three copies of one image in B are near-duplicates of each other, too
     assert rec.statistics["n_duplicate_pairs_within_b"] >= 50
+
+
+def test_sides_with_different_image_sizes(tmp_path):
+    """Two embedded datasets whose images differ in size (digits vs synth-passnet): each image is
+    resized once by the extractor, as either side alone would be, instead of a failed stack."""
+    from bench.datasets import concat, load_source
+
+    regs = plugins.load()
+    a, b = (load_source(regs.datasets.get(n), 20) for n in ("digits", "synth-passnet"))
+    assert a.image(0).shape != b.image(0).shape
+    union = concat(a, b)
+    assert union.array is None and union.native(0).shape == a.image(0).shape
+    assert main(["compare", "digits", "synth-passnet", "--methods", "fd", "--limit", "20", "--permutations", "9",
+                 "--out", str(tmp_path / "r"), *FAST]) == 0
+    assert _records(tmp_path / "r")["fd"].metrics["n_b"].value == 20

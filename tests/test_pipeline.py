@@ -299,3 +299,19 @@ def test_feature_store_writes_memmap_and_moves_damaged_files_aside(folder, tiny,
         assert path.with_name(f"{path.stem}.bad.npy").exists()
     reread = FeatureStore(tmp_path)
     assert np.array_equal(np.asarray(reread.features(src, tiny, batch_size=5)), feats) and reread.computed == 0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_images_of_different_sizes_come_in_order_in_runs_of_one_size(workers):
+    from bench.datasets.base import ImageSource
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in (8, 8, 6, 6, 6, 8, 10)]
+    src = ImageSource(name="mixed", revision="r", n=len(images), loader=lambda i: images[i])
+    got = list(DataPipeline(src, batch_size=4, workers=workers))
+    assert [len(r) for r, _ in got] == [2, 2, 1, 1, 1]          # batches [8 8 6 6] [6 8 10] split by size
+    rows = np.concatenate([r for r, _ in got])
+    np.testing.assert_array_equal(rows, np.arange(len(images)))
+    for r, batch in got:
+        for k, i in enumerate(r):
+            np.testing.assert_array_equal(batch[k], images[i])

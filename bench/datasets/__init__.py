@@ -68,9 +68,17 @@ def concat(a: ImageSource, b: ImageSource, *, names: tuple[str, str] = ("A", "B"
     array = None
     if a.array is not None and b.array is not None and a.array.shape[1:] == b.array.shape[1:]:
         array = np.concatenate([a.array, b.array])
+
+    def native(i: int) -> np.ndarray:
+        side, j = (a, i) if i < a.n else (b, i - a.n)
+        return side.native(j) if side.native is not None else side.image(j)
+
+    # without one array, images may differ in size (28 px vs 32 px, two folders): each is resized
+    # once from its own pixels by the extractor's transform, as either side alone would be
     return ImageSource(
         name=f"{a.name} + {b.name}", revision=content_revision(extra=f"{a.revision}+{b.revision}"),
         n=a.n + b.n, array=array, loader=None if array is not None else load,
+        native=None if array is not None else native,
         ids=[f"{names[0]}/{x}" for x in (a.ids or map(str, range(a.n)))]
         + [f"{names[1]}/{x}" for x in (b.ids or map(str, range(b.n)))],
         labels=labels, class_names=class_names,

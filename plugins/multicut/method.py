@@ -266,11 +266,13 @@ class MulticutComparator(_MulticutParams, Comparator):
 
     score = adjusted mutual information AMI(source, cluster) (scikit-learn, chance-corrected,
     normalised by the smaller entropy, in practice H(source): 0 when the clusters ignore the
-    source, 1 when every cluster holds one source). **Larger means more different.** Version 1 scored the adjusted *pure share* (images in one-source clusters): on
-    overlapping sources the multicut finds a few large clusters, none pure, so that score was
-    blind (synth-passnet: between 0.002, null -0.002) although the clusters were 72 % vs 24 %
-    one source; AMI reads those proportions (between 0.122, null 0.008). The detail keeps the
-    pure share, its chance level and the normalised mixing H(source | cluster)/H(source).
+    source, 1 when every cluster holds one source). **Larger means more different.**
+
+    Version 1 scored the adjusted *pure share* (images in one-source clusters): on overlapping
+    sources the multicut finds a few large clusters, none pure, so that score was blind
+    (synth-passnet: between 0.002, null -0.002) although the clusters were 72 % vs 24 % one
+    source; AMI reads those proportions (between 0.122, null 0.008). The detail keeps the pure
+    share, its chance level and the normalised mixing H(source | cluster)/H(source).
     """
 
     name: ClassVar[str] = "multicut"

@@ -117,9 +117,9 @@ def group_mixing(codes: np.ndarray, groups: np.ndarray) -> dict[str, float]:
     mixing:            H(group | cluster)/H(group) in [0, 1]; 1 = clusters carry no group
                        information (perfectly mixed), 0 = clusters separate the groups.
     adjusted_mutual_information: AMI(group, cluster) (scikit-learn, normalised by the
-                       smaller entropy; 0 at chance, 1 when every cluster holds one group): sees a cluster that is 72 % one group, which
-                       the pure share, counting only clusters with no image of the other group,
-                       does not.
+                       smaller entropy; 0 at chance, 1 when every cluster holds one group):
+                       sees a cluster that is 72 % one group, which the pure share, counting
+                       only clusters with no image of the other group, does not.
     """
     codes, groups = np.asarray(codes).reshape(-1), np.asarray(groups).reshape(-1)
     if codes.shape != groups.shape:
