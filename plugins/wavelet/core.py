@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from scipy.sparse.csgraph import connected_components
 
+from bench.baselines import pair_components  # noqa: F401  (one implementation; wavelet re-exports it)
 from bench.errors import BenchError, DataError
 
 from .algorithm2 import eigengap_count, laplacian_eigenvalues, spectral_embedding
@@ -446,10 +447,3 @@ def knn_duplicates(x: np.ndarray, *, n_neighbours: int = 5, threshold: float = 0
         rel = np.where(exact == 0, 0.0, exact / scale)
     keep = (exact == 0) | (rel < threshold)
     return KnnDuplicates(cand[keep], exact[keep], rel[keep], len(cand), typical)
-
-
-def pair_components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """(n,) component id of every image in the graph of ``pairs`` (singletons get their own)."""
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    graph = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
