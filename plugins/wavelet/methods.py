@@ -58,6 +58,15 @@ def _ids(view: DataView, idx: np.ndarray) -> list[str] | None:
     return [str(ids[int(view.indices[i])]) for i in idx]
 
 
+def knn_rows(images: np.ndarray, side: int, backend: str, device) -> tuple[int, np.ndarray]:
+    """(level, rows) wavelet-knn searches: the Haar approximation band at <= ``side`` px, each
+    row centred and scaled to unit length. One definition for the summariser and the comparator."""
+    level = approximation_level(images.shape[1:3], side)
+    return level, normalised_rows(coefficient_matrix(images, wavelet="db1", level=level, mode="symmetric",
+                                                     coefficients="approximation", backend=backend,
+                                                     device=device))
+
+
 class WaveletSummariser(Summariser):
     """Yousefzadeh (arXiv 2002.10257): similar training images without a trained model.
 
@@ -134,10 +143,7 @@ class WaveletSummariser(Summariser):
         dup_pairs = None
         if self.algorithm == "wavelet-knn":
             t0 = time.perf_counter()
-            level = approximation_level(images.shape[1:3], self.knn_side)
-            x = normalised_rows(coefficient_matrix(images, wavelet="db1", level=level, mode="symmetric",
-                                                   coefficients="approximation", backend=self.backend,
-                                                   device=data.device))
+            level, x = knn_rows(images, self.knn_side, self.backend, data.device)
             t_dwt = time.perf_counter() - t0
             t0 = time.perf_counter()
             found = knn_duplicates(x, n_neighbours=self.n_neighbours, threshold=self.dup_threshold)
@@ -358,10 +364,7 @@ class WaveletComparator(Comparator):
 
     def _duplicates_knn(self, ia: np.ndarray, ib: np.ndarray, device) -> dict[str, np.ndarray]:
         """wavelet-knn on A ∪ B, its pairs split into across (a, b), within A and within B."""
-        both = np.concatenate([ia, ib])
-        level = approximation_level(both.shape[1:3], self.knn_side)
-        x = normalised_rows(coefficient_matrix(both, wavelet="db1", level=level, mode="symmetric",
-                                               coefficients="approximation", backend=self.backend, device=device))
+        _, x = knn_rows(np.concatenate([ia, ib]), self.knn_side, self.backend, device)
         found = knn_duplicates(x, n_neighbours=self.n_neighbours, threshold=self.dup_threshold)
         n_a = len(ia)
         pairs, rel = found.pairs.reshape(-1, 2), found.relative
