@@ -2,8 +2,9 @@
 
 Originals are non-overlapping ``tile``×``tile`` crops of the photographs that ship inside
 ``skimage/data`` (astronaut, coffee, chelsea, retina, …), skipping near-flat tiles (standard
-deviation below ``min_std``: two black sky tiles would be real duplicates the ground truth
-does not list). Copies of ``per_kind`` distinct originals are planted for each perturbation
+deviation below ``min_std``) and any tile within ``min_mae`` (mean absolute difference, 0–255)
+of one already picked: two adjacent tiles of evenly lit sky differ by 3.5, less than the median
+JPEG-50 copy (5.3), and would be real duplicates the ground truth does not list. Copies of ``per_kind`` distinct originals are planted for each perturbation
 the issue names (#19): an exact copy, JPEG quality 50, a 2-px shift (edge-padded), brightness
 +10 % (clipped), and a 95 % centre crop resized back (bicubic). Every planted pair is listed;
 originals are distinct tiles, so the pairs are the whole ground truth.
@@ -52,8 +53,10 @@ def _photos() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def original_tiles(n: int, *, tile: int = 128, min_std: float = 20.0, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """``n`` distinct non-flat tiles, drawn round-robin over the photographs in a seeded order."""
+def original_tiles(n: int, *, tile: int = 128, min_std: float = 20.0, min_mae: float = 8.0,
+                   seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """``n`` distinct non-flat tiles, drawn round-robin over the photographs in a seeded order,
+    each at least ``min_mae`` from every tile picked before it."""
     per_photo = []
     for name, img in _photos():
         h, w = img.shape[:2]
@@ -62,13 +65,21 @@ def original_tiles(n: int, *, tile: int = 128, min_std: float = 20.0, seed: int 
         order = np.random.default_rng([seed, len(per_photo)]).permutation(len(tiles))
         per_photo.append([(name, img, *tiles[k]) for k in order])
     picked: list[tuple] = []
+    pixels = np.empty((n, tile * tile * 3), dtype=np.float32)
     depth = 0
     while len(picked) < n and any(depth < len(p) for p in per_photo):
-        picked += [p[depth] for p in per_photo if depth < len(p)]
+        for name, img, y, x in (p[depth] for p in per_photo if depth < len(p)):
+            if len(picked) == n:
+                break
+            flat = img[y:y + tile, x:x + tile].reshape(-1).astype(np.float32)
+            if picked and np.abs(pixels[:len(picked)] - flat).mean(1).min() < min_mae:
+                continue
+            pixels[len(picked)] = flat
+            picked.append((name, img, y, x))
         depth += 1
     if len(picked) < n:
-        raise BenchError(f"only {len(picked)} non-flat {tile}px tiles in the bundled photographs, asked for {n}")
-    picked = picked[:n]
+        raise BenchError(f"only {len(picked)} distinct non-flat {tile}px tiles in the bundled photographs, "
+                         f"asked for {n}")
     images = np.stack([img[y:y + tile, x:x + tile] for _, img, y, x in picked])
     return images, [f"{name}@{y},{x}" for name, _, y, x in picked]
 
