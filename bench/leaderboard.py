@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.metrics import HIGHER_IS_BETTER, metric_order
+from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION, metric_order
 from bench.records import Record
 from bench.runstore import RunStore, safe_name, write_atomic
 
@@ -54,6 +54,8 @@ class Row:
     #: the lowest seed's method tables: name → rows
     tables: dict[str, list[dict]] = field(default_factory=dict)
     table_seed: int = 0
+    #: the metric definitions the row was scored under (part of its key); an older one is labelled
+    metrics_version: str = METRICS_VERSION
 
 
 @dataclass
@@ -116,6 +118,7 @@ def aggregate(records: list[Record]) -> list[DatasetBoard]:
                 row.statistics[s] = _mean_std([r.statistics.get(s) for r in ok])
             row.tables = {name: trows for name, trows in sorted(first.tables.items()) if trows}
             row.table_seed = first.seed
+            row.metrics_version = first.metrics_version
             rows.append(row)
         boards.append(DatasetBoard(dname, drev, dlimit, metrics, rows, errors))
     return boards
@@ -146,14 +149,18 @@ def _main_header(board: DatasetBoard) -> list[str]:
 
 
 def _main_cells(board: DatasetBoard, row: Row) -> list[str]:
-    return ([f"{row.method} {row.version}", row.extractor, ",".join(map(str, row.seeds))]
+    older = f" (metrics v{row.metrics_version})" if row.metrics_version != METRICS_VERSION else ""
+    return ([f"{row.method} {row.version}{older}", row.extractor, ",".join(map(str, row.seeds))]
             + [row.metrics[m].text() for m in board.metrics] + [row.time_s.text(spread=False), f"`{row.key[:8]}`"])
 
 
 def _intro(board: DatasetBoard) -> str:
     return (f"Dataset revision `{board.revision}`" + (f", limited to {board.limit} images" if board.limit else "")
             + ". Metrics are computed by the harness (↑ higher is better, ↓ lower is better); "
-            "mean ± std over seeds; `key` is the comparability key.")
+            "mean ± std over seeds; `key` is the comparability key"
+            + (f"; a row marked (metrics vN) was scored under older metric definitions (now v{METRICS_VERSION}, "
+               "see bench/metrics.py)" if any(r.metrics_version != METRICS_VERSION for r in board.rows) else "")
+            + ".")
 
 
 def to_markdown(board: DatasetBoard) -> str:
@@ -177,11 +184,12 @@ def to_markdown(board: DatasetBoard) -> str:
 def to_csv(boards: list[DatasetBoard]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["dataset", "revision", "limit", "extractor", "method", "method_version", "preset",
-                     "comparability_key", "kind", "name", "mean", "std", "n_seeds"])
+    writer.writerow(["dataset", "revision", "limit", "extractor", "method", "method_version", "metrics_version",
+                     "preset", "comparability_key", "kind", "name", "mean", "std", "n_seeds"])
     for b in boards:
         for r in b.rows:
-            head = [b.name, b.revision, b.limit or "", r.extractor, r.method, r.version, r.preset, r.key]
+            head = [b.name, b.revision, b.limit or "", r.extractor, r.method, r.version, r.metrics_version, r.preset,
+                    r.key]
             for kind, values in (("metric", r.metrics), ("statistic", r.statistics)):
                 for name, v in values.items():
                     if v.mean is not None:

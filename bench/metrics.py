@@ -23,7 +23,9 @@ from bench.errors import DataError
 #: BLAS threads of the probe's solver (see linear_probe_accuracy); never more than the cores
 PROBE_BLAS_THREADS = max(1, min(4, os.cpu_count() or 1))
 
-METRICS_VERSION = "1"
+#: 2: ``score_between`` compares the sources at the null's sample size (bench/evaluate.py:
+#: comparison_pairs); under 1 it compared the whole sources against a null at half size
+METRICS_VERSION = "2"
 AVERAGE_METHOD = "arithmetic"
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("dup_recall", True, "recall of predicted near-duplicate pairs against the known ones", True),
     MetricInfo("dup_f1", True, "F1 of predicted near-duplicate pairs"),
     MetricInfo("fidelity_spearman", True, "Spearman correlation of the score with the true shift", True),
-    MetricInfo("score_between", None, "comparator score between the dataset's two sources", True),
+    MetricInfo("score_between", None, "comparator score between the dataset's two sources, at the null's sample size", True),
     MetricInfo("score_null", None, "comparator score between two disjoint halves of one source", True),
     MetricInfo("null_over_between", False, "score_null / score_between (direction-adjusted)"),
     MetricInfo("group_nmi", None, "NMI of the codes with the source groups"),

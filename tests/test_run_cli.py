@@ -74,6 +74,18 @@ def test_leaderboard_never_mixes_comparability_keys(default_run):
     assert table.count(f"| kmeans {recs[0].method.version} |") == 2
 
 
+def test_a_row_scored_under_older_metric_definitions_is_labelled(default_run):
+    _, out = default_run
+    recs = [r for r in RunStore(out).load().records if r.method.name == "fd" and r.dataset.name == "digits"]
+    old = recs[0].model_copy(deep=True)
+    old.metrics_version = "1"
+    old.comparability_key = records.comparability_key(old)
+    assert old.comparability_key != recs[0].comparability_key
+    table = leaderboard.build(recs + [old])["digits.md"]
+    assert table.count(f"| fd {old.method.version} (metrics v1) |") == 1
+    assert table.count(f"| fd {old.method.version} |") == 1 and "older metric definitions" in table
+
+
 def test_committed_leaderboard_regenerates_byte_for_byte():
     committed = REPO / "leaderboards"
     files = leaderboard.build(RunStore(committed / "records").load().records)

@@ -33,4 +33,8 @@ def test_comparison_pairs_null_is_split_half_of_first_side():
             return 40
 
     between, null, _ = comparison_pairs(View(), 0)
-    assert set(null[0]) | set(null[1]) == set(between[0]) and not set(null[0]) & set(null[1])
+    first = set(np.flatnonzero(View.labels < 2))
+    assert set(null[0]) | set(null[1]) == first and not set(null[0]) & set(null[1])
+    # between: the null's first half against as many images of the other side (same sample size)
+    assert np.array_equal(between[0], null[0]) and len(between[1]) == len(null[1])
+    assert not set(between[1]) & first
