@@ -214,7 +214,7 @@ class FeatureStore:
     def _extract(self, source, extractor, layer, indices: np.ndarray, device, batch_size, progress,
                  out: Path | None = None) -> np.ndarray | None:
         """Features of rows ``indices``: in memory (``out`` None), or written batch by batch into a
-        memory-mapped ``.npy`` at ``out`` (renamed into place only once every row is written)."""
+        ``.npy`` at ``out`` (:class:`_RowWriter`; renamed into place only once every row is written)."""
         self.computed += 1
         n = len(indices)
         feats: np.ndarray | None = None
@@ -230,10 +230,7 @@ class FeatureStore:
                     rows = pool(batch[layer]).float().cpu().numpy().astype(self.dtype, copy=False)
                     if feats is None:
                         shape = (n, rows.shape[1])
-                        if tmp is None:
-                            feats = np.empty(shape, dtype=self.dtype)
-                        else:
-                            feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=shape)
+                        feats = np.empty(shape, dtype=self.dtype) if tmp is None else _RowWriter(tmp, shape, self.dtype)
                     feats[pos:pos + len(rows)] = rows
                     pos += len(rows)
             if feats is None:
@@ -241,16 +238,38 @@ class FeatureStore:
                 if tmp is not None:
                     np.save(tmp, feats)
             if tmp is not None:
-                if isinstance(feats, np.memmap):
-                    feats.flush()
-                del feats
+                if isinstance(feats, _RowWriter):
+                    feats.close()
                 os.replace(tmp, out)  # atomic: readers see the whole file or none
                 tmp = None
                 return None
             return feats
         finally:
+            if isinstance(feats, _RowWriter):
+                feats.close()
             if tmp is not None:  # interrupted (error, Ctrl-C, dead worker): keep only complete files
                 tmp.unlink(missing_ok=True)
+
+
+class _RowWriter:
+    """Consecutive rows written into a ``.npy`` file with plain file writes. The written pages sit
+    in the OS page cache, outside this process's resident memory; a writable memmap kept every
+    page it wrote resident (+140 MB of peak RSS at 200,000 × 192 float32 rows)."""
+
+    def __init__(self, path: Path, shape: tuple[int, int], dtype: str):
+        sized = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header, file of full size
+        del sized
+        self._fh = open(path, "r+b")  # noqa: SIM115 - closed by close() (the caller's finally)
+        major, _ = np.lib.format.read_magic(self._fh)
+        (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(self._fh)
+        self._offset, self._row_bytes, self._dtype = self._fh.tell(), shape[1] * np.dtype(dtype).itemsize, dtype
+
+    def __setitem__(self, rows: slice, values: np.ndarray) -> None:
+        self._fh.seek(self._offset + rows.start * self._row_bytes)
+        self._fh.write(np.ascontiguousarray(values, dtype=self._dtype).tobytes())
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _move_aside(path: Path, why: str) -> None:

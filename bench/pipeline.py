@@ -47,8 +47,14 @@ def usable_cores() -> int:
 
 
 def default_workers() -> int:
-    """As many decode workers as usable cores (the main process mostly waits on the device)."""
-    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores()))
+    """As many decode workers as usable cores (the main process mostly waits on the device),
+    shared among the ranks torchrun starts on this node (``LOCAL_WORLD_SIZE``): 8 ranks on 16
+    cores get 2 each, not 16 each."""
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, min(MAX_DEFAULT_WORKERS, usable_cores() // ranks))
 
 
 def check_workers(workers: int | None) -> int:

@@ -19,6 +19,7 @@ from bench.errors import BenchError, DataError
 from bench.extractors.timm_models import TinyViTExtractor
 from bench.extractors.transforms import from_timm_config
 from bench.features import FeatureStore
+from bench import pipeline
 from bench.pipeline import DataPipeline, check_workers
 
 
@@ -276,11 +277,13 @@ def test_precision_is_in_the_cache_key_and_bf16_stays_close(folder, tiny):
     assert cos.min() > 0.99 and not np.array_equal(f32, fbf)
 
 
-def test_feature_store_writes_memmap_and_moves_damaged_files_aside(folder, tiny, tmp_path, capfd):
+def test_feature_store_writes_the_file_and_moves_damaged_files_aside(folder, tiny, tmp_path, capfd):
     src = imagefolder_source(folder)
     store = FeatureStore(tmp_path)
     feats = np.array(store.features(src, tiny, batch_size=5))   # a copy: the file is rewritten below
     path = store.path(src, tiny, "pooled")
+    # written batch by batch with file writes (batches of 5 rows): the same rows as in memory
+    assert np.array_equal(feats, FeatureStore(None).features(src, tiny, batch_size=7))
     del store
     assert path.exists() and not list(tmp_path.glob(".*tmp*"))
     for damage in ("truncate", "rows"):
@@ -315,3 +318,13 @@ def test_images_of_different_sizes_come_in_order_in_runs_of_one_size(workers):
     for r, batch in got:
         for k, i in enumerate(r):
             np.testing.assert_array_equal(batch[k], images[i])
+
+
+def test_default_workers_share_the_cores_among_torchrun_ranks(monkeypatch):
+    monkeypatch.setattr(pipeline, "usable_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert check_workers(None) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert check_workers(None) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert check_workers(None) == 1
