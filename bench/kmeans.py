@@ -185,8 +185,12 @@ def lloyd(x_local: np.ndarray, k: int, *, niter: int = 20, seed: int = 0,
 
     for _ in range(niter):
         codes, _ = assign(x, centroids, gemm=gemm)
-        sums = torch.zeros(k, d, dtype=torch.float64, device=device).index_add_(0, codes, x64 if x64 is not None
-                                                                                 else x.double())
+        sums = torch.zeros(k, d, dtype=torch.float64, device=device)
+        if x64 is not None:
+            sums.index_add_(0, codes, x64)
+        else:   # float64 a CHUNK of rows at a time, in row order: no second, double-size copy of x
+            for s in range(0, n_local, CHUNK):
+                sums.index_add_(0, codes[s:s + CHUNK], x[s:s + CHUNK].double())
         counts = torch.bincount(codes, minlength=k).double()
         sums, counts = distributed.all_reduce_sum(sums), distributed.all_reduce_sum(counts)
         filled = counts > 0
