@@ -380,9 +380,16 @@ def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:
                         f"choose {what} <= {n} or use more images")
 
 
-def check_finite(x: np.ndarray, *, what: str = "features") -> np.ndarray:
-    if not np.isfinite(x).all():
-        raise DataError(f"{what} contain NaN or inf values ({int((~np.isfinite(x)).sum())} entries)")
+def check_finite(x: np.ndarray, *, what: str = "features", rows: int = 65536) -> np.ndarray:
+    """``x`` unchanged, or ONE line when it holds NaN or inf; checked ``rows`` rows at a time, so a
+    memory-mapped matrix never costs a full-size boolean mask."""
+    bad = 0
+    for s in range(0, max(len(x), 1) if np.ndim(x) else 1, rows):
+        part = np.asarray(x[s:s + rows] if np.ndim(x) else x)
+        if not np.isfinite(part).all():
+            bad += int((~np.isfinite(part)).sum())
+    if bad:
+        raise DataError(f"{what} contain NaN or inf values ({bad} entries)")
     return x
 
 
