@@ -259,7 +259,7 @@ class _RowWriter:
     def __init__(self, path: Path, shape: tuple[int, int], dtype: str):
         sized = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header, file of full size
         del sized
-        self._fh = open(path, "r+b")  # noqa: SIM115 - closed by close() (the caller's finally)
+        self._fh = open(path, "r+b")
         major, _ = np.lib.format.read_magic(self._fh)
         (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(self._fh)
         self._offset, self._row_bytes, self._dtype = self._fh.tell(), shape[1] * np.dtype(dtype).itemsize, dtype

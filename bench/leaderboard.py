@@ -148,8 +148,13 @@ def _main_header(board: DatasetBoard) -> list[str]:
     return ["method", "extractor", "seeds"] + [m + _arrow(m) for m in board.metrics] + ["time s", "key"]
 
 
+def _older(row: Row) -> bool:
+    """Scored under older metric definitions (a record that names none is not labelled)."""
+    return bool(row.metrics_version) and row.metrics_version != METRICS_VERSION
+
+
 def _main_cells(board: DatasetBoard, row: Row) -> list[str]:
-    older = f" (metrics v{row.metrics_version})" if row.metrics_version != METRICS_VERSION else ""
+    older = f" (metrics v{row.metrics_version})" if _older(row) else ""
     return ([f"{row.method} {row.version}{older}", row.extractor, ",".join(map(str, row.seeds))]
             + [row.metrics[m].text() for m in board.metrics] + [row.time_s.text(spread=False), f"`{row.key[:8]}`"])
 
@@ -159,7 +164,7 @@ def _intro(board: DatasetBoard) -> str:
             + ". Metrics are computed by the harness (↑ higher is better, ↓ lower is better); "
             "mean ± std over seeds; `key` is the comparability key"
             + (f"; a row marked (metrics vN) was scored under older metric definitions (now v{METRICS_VERSION}, "
-               "see bench/metrics.py)" if any(r.metrics_version != METRICS_VERSION for r in board.rows) else "")
+               "see bench/metrics.py)" if any(_older(r) for r in board.rows) else "")
             + ".")
 
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from bench import pipeline
 from bench.datasets.real import imagefolder_source
 from bench.errors import BenchError, DataError
 from bench.extractors.timm_models import TinyViTExtractor
 from bench.extractors.transforms import from_timm_config
 from bench.features import FeatureStore
-from bench import pipeline
 from bench.pipeline import DataPipeline, check_workers
 
 

@@ -4,7 +4,8 @@ Originals are non-overlapping ``tile``×``tile`` crops of the photographs that s
 ``skimage/data`` (astronaut, coffee, chelsea, retina, …), skipping near-flat tiles (standard
 deviation below ``min_std``) and any tile within ``min_mae`` (mean absolute difference, 0–255)
 of one already picked: two adjacent tiles of evenly lit sky differ by 3.5, less than the median
-JPEG-50 copy (5.3), and would be real duplicates the ground truth does not list. Copies of ``per_kind`` distinct originals are planted for each perturbation
+JPEG-50 copy (5.3), and would be real duplicates the ground truth does not list.
+Copies of ``per_kind`` distinct originals are planted for each perturbation
 the issue names (#19): an exact copy, JPEG quality 50, a 2-px shift (edge-padded), brightness
 +10 % (clipped), and a 95 % centre crop resized back (bicubic). Every planted pair is listed;
 originals are distinct tiles, so the pairs are the whole ground truth.
