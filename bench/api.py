@@ -383,11 +383,8 @@ def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:
 def check_finite(x: np.ndarray, *, what: str = "features", rows: int = 65536) -> np.ndarray:
     """``x`` unchanged, or ONE line when it holds NaN or inf; checked ``rows`` rows at a time, so a
     memory-mapped matrix never costs a full-size boolean mask."""
-    bad = 0
-    for s in range(0, max(len(x), 1) if np.ndim(x) else 1, rows):
-        part = np.asarray(x[s:s + rows] if np.ndim(x) else x)
-        if not np.isfinite(part).all():
-            bad += int((~np.isfinite(part)).sum())
+    flat = np.atleast_1d(x)
+    bad = sum(int(np.count_nonzero(~np.isfinite(flat[s:s + rows]))) for s in range(0, len(flat), rows))
     if bad:
         raise DataError(f"{what} contain NaN or inf values ({bad} entries)")
     return x

@@ -258,11 +258,9 @@ class _RowWriter:
 
     def __init__(self, path: Path, shape: tuple[int, int], dtype: str):
         sized = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header, file of full size
+        self._offset, self._row_bytes, self._dtype = sized.offset, shape[1] * np.dtype(dtype).itemsize, dtype
         del sized
         self._fh = open(path, "r+b")
-        major, _ = np.lib.format.read_magic(self._fh)
-        (np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0)(self._fh)
-        self._offset, self._row_bytes, self._dtype = self._fh.tell(), shape[1] * np.dtype(dtype).itemsize, dtype
 
     def __setitem__(self, rows: slice, values: np.ndarray) -> None:
         self._fh.seek(self._offset + rows.start * self._row_bytes)

@@ -113,12 +113,12 @@ def aggregate(records: list[Record]) -> list[DatasetBoard]:
                       preset=first.preset, key=key[-1], seeds=[r.seed for r in ok],
                       metrics={m: _mean_std([r.metrics[m].value if m in r.metrics else None for r in ok])
                                for m in metrics},
-                      time_s=_mean_std([sum(r.timings_s.values()) for r in ok]))
+                      time_s=_mean_std([sum(r.timings_s.values()) for r in ok]),
+                      metrics_version=first.metrics_version)
             for s in sorted(set().union(*(set(r.statistics) for r in ok))):
                 row.statistics[s] = _mean_std([r.statistics.get(s) for r in ok])
             row.tables = {name: trows for name, trows in sorted(first.tables.items()) if trows}
             row.table_seed = first.seed
-            row.metrics_version = first.metrics_version
             rows.append(row)
         boards.append(DatasetBoard(dname, drev, dlimit, metrics, rows, errors))
     return boards
