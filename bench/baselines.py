@@ -210,6 +210,29 @@ def _checked(x: np.ndarray) -> np.ndarray:
     return x
 
 
+#: rows per chunk when statistics stream over a (memory-mapped) feature matrix
+GAUSSIAN_ROWS = 65536
+
+
+def gaussian(x: np.ndarray, rows: int = GAUSSIAN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64, ``np.cov``'s n−1) of the rows of ``x``, ``rows`` at a time.
+
+    Two passes, the mean and then the centred scatter, as ``np.cov`` computes them, but no
+    N×D float64 copy: FD's memory is D² however many images the store holds.
+    """
+    x = check_finite(x)
+    n = len(x)
+    if n < 2:
+        raise DataError(f"Fréchet distance needs at least 2 images per side, got {n}")
+    chunks = range(0, n, rows)
+    mu = sum(x[s:s + rows].sum(0, dtype=np.float64) for s in chunks) / n
+    scatter = np.zeros((x.shape[1], x.shape[1]))
+    for s in chunks:
+        c = x[s:s + rows].astype(np.float64) - mu
+        scatter += c.T @ c
+    return mu, scatter / (n - 1)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """FID formula ‖μ1−μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½), with Tr√(Σ1Σ2) = Σ √eig(Σ1Σ2).
 
@@ -230,18 +253,26 @@ def frechet_distance_features(x1: np.ndarray, x2: np.ndarray) -> float:
     A Bᵀ is n1×n2 (small when images are fewer than dimensions); when d is smaller we use
     ‖Σ1^½ Σ2^½‖_* with symmetric square roots instead. No general eigensolver either way.
     """
+    d = np.shape(x1)[1]
+    if min(len(x1), len(x2)) > d:
+        # more images than dimensions: the D×D covariances, streamed (see ``gaussian``)
+        (mu1, sigma1), (mu2, sigma2) = gaussian(x1), gaussian(x2)
+        return frechet_distance_psd(mu1, sigma1, mu2, sigma2)
     x1, x2 = _checked(x1), _checked(x2)
     mu1, mu2 = x1.mean(0), x2.mean(0)
     a = (x1 - mu1) / np.sqrt(len(x1) - 1)
     b = (x2 - mu2) / np.sqrt(len(x2) - 1)
-    d = x1.shape[1]
-    if min(len(a), len(b)) <= d:
-        cross = a @ b.T
-    else:
-        cross = _sym_sqrt(a.T @ a) @ _sym_sqrt(b.T @ b)
-    tr_sqrt = linalg.svdvals(cross).sum()
+    tr_sqrt = linalg.svdvals(a @ b.T).sum()
     diff = mu1 - mu2
     return float(diff @ diff + (a * a).sum() + (b * b).sum() - 2.0 * tr_sqrt)
+
+
+def frechet_distance_psd(mu1, sigma1, mu2, sigma2) -> float:
+    """FD from two Gaussians with Tr√(Σ1Σ2) = ‖Σ1^½ Σ2^½‖_*: exact for singular covariances too,
+    where the eigenvalues of the non-symmetric product lose digits."""
+    diff = np.asarray(mu1) - np.asarray(mu2)
+    tr_sqrt = linalg.svdvals(_sym_sqrt(sigma1) @ _sym_sqrt(sigma2)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
 
 
 def _sym_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -283,22 +314,18 @@ class FrechetDistance(Comparator):
     def summarise(self, a: DataView, *, seed: int = 0) -> dict:
         """A's Gaussian (mean, covariance in float64): all FD needs of A (clean-fid's reference statistics)."""
         self.check_params()
-        x = _checked(a.features(self.layer))
-        return {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False), "n": len(x)}
+        x = a.features(self.layer)
+        mu, sigma = gaussian(x)
+        return {"mu": mu, "sigma": sigma, "n": len(x)}
 
     def compare_summary(self, summary: dict, b: DataView, *, seed: int = 0) -> Comparison:
         self.check_params()
-        x = _checked(b.features(self.layer))
+        x = b.features(self.layer)
         mu, sigma = np.asarray(summary["mu"], dtype=np.float64), np.asarray(summary["sigma"], dtype=np.float64)
         if mu.shape != x.shape[1:]:
             raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {x.shape[1]}")
-        mean_term = float(((mu - x.mean(0)) ** 2).sum())
-        sigma_b = np.cov(x, rowvar=False)
-        # Tr √(ΣA ΣB) = ‖ΣA^½ ΣB^½‖_*: exact for the singular covariances of few images, where the
-        # eigenvalues of the non-symmetric product lose digits
-        tr_sqrt = linalg.svdvals(_sym_sqrt(sigma) @ _sym_sqrt(sigma_b)).sum()
-        fd = mean_term + float(np.trace(sigma) + np.trace(sigma_b) - 2.0 * tr_sqrt)
-        return _fd_result(fd, mean_term)
+        mu_b, sigma_b = gaussian(x)
+        return _fd_result(frechet_distance_psd(mu, sigma, mu_b, sigma_b), float(((mu - mu_b) ** 2).sum()))
 
 
 def _fd_result(fd: float, mean_term: float) -> Comparison:

@@ -56,6 +56,8 @@ class Row:
     table_seed: int = 0
     #: the metric definitions the row was scored under (part of its key); an older one is labelled
     metrics_version: str = METRICS_VERSION
+    #: the method's parameters (part of its key): rows of one method differ here
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +116,7 @@ def aggregate(records: list[Record]) -> list[DatasetBoard]:
                       metrics={m: _mean_std([r.metrics[m].value if m in r.metrics else None for r in ok])
                                for m in metrics},
                       time_s=_mean_std([sum(r.timings_s.values()) for r in ok]),
-                      metrics_version=first.metrics_version)
+                      metrics_version=first.metrics_version, params=dict(first.method.params))
             for s in sorted(set().union(*(set(r.statistics) for r in ok))):
                 row.statistics[s] = _mean_std([r.statistics.get(s) for r in ok])
             row.tables = {name: trows for name, trows in sorted(first.tables.items()) if trows}
@@ -153,9 +155,17 @@ def _older(row: Row) -> bool:
     return bool(row.metrics_version) and row.metrics_version != METRICS_VERSION
 
 
+def _variant(board: DatasetBoard, row: Row) -> str:
+    """What sets the row apart from the board's other rows of its method and extractor: the
+    parameters whose values differ among them (set ones only), e.g. `` · select_concept=…``."""
+    peers = [r for r in board.rows if (r.method, r.extractor) == (row.method, row.extractor) and r is not row]
+    differing = sorted(k for k, v in row.params.items() for p in peers if p.params.get(k) != v and v is not None)
+    return "".join(f" · {k}={row.params[k]}" for k in dict.fromkeys(differing))
+
+
 def _main_cells(board: DatasetBoard, row: Row) -> list[str]:
     older = f" (metrics v{row.metrics_version})" if _older(row) else ""
-    return ([f"{row.method} {row.version}{older}", row.extractor, ",".join(map(str, row.seeds))]
+    return ([f"{row.method} {row.version}{_variant(board, row)}{older}", row.extractor, ",".join(map(str, row.seeds))]
             + [row.metrics[m].text() for m in board.metrics] + [row.time_s.text(spread=False), f"`{row.key[:8]}`"])
 
 
@@ -171,10 +181,10 @@ def _intro(board: DatasetBoard) -> str:
 def to_markdown(board: DatasetBoard) -> str:
     parts = [f"# {board.name}", "", _intro(board), "",
              _md_table(_main_header(board), [_main_cells(board, r) for r in board.rows])]
-    stats = [f"### {r.method} / {r.extractor}\n\n"
+    stats = [f"### {r.method}{_variant(board, r)} / {r.extractor}\n\n"
              + _md_table(["statistic", "value"], [[s, v.text()] for s, v in r.statistics.items()])
              for r in board.rows if r.statistics]
-    tables = [f"### {r.method} / {r.extractor}: {name} (seed {r.table_seed})\n\n"
+    tables = [f"### {r.method}{_variant(board, r)} / {r.extractor}: {name} (seed {r.table_seed})\n\n"
               + _md_table(list(trows[0]), [[_cell(tr.get(c)) for c in trows[0]] for tr in trows])
               for r in board.rows for name, trows in r.tables.items()]
     if stats:
@@ -223,14 +233,15 @@ def to_html(board: DatasetBoard) -> str:
     if stats:
         parts.append("<details><summary>Method-reported statistics</summary>")
         for r in stats:
-            parts.append(f"<h5>{esc(r.method)} / {esc(r.extractor)}</h5>"
+            parts.append(f"<h5>{esc(r.method + _variant(board, r))} / {esc(r.extractor)}</h5>"
                          + _html_table(["statistic", "value"], [[s, v.text()] for s, v in r.statistics.items()]))
         parts.append("</details>")
     if any(r.tables for r in board.rows):
         parts.append("<details><summary>Method tables</summary>")
         for r in board.rows:
             for name, trows in r.tables.items():
-                parts.append(f"<h5>{esc(r.method)} / {esc(r.extractor)}: {esc(name)} (seed {r.table_seed})</h5>"
+                title = f"{r.method}{_variant(board, r)} / {r.extractor}: {name} (seed {r.table_seed})"
+                parts.append(f"<h5>{esc(title)}</h5>"
                              + _html_table(list(trows[0]), [[_cell(tr.get(c)) for c in trows[0]] for tr in trows]))
         parts.append("</details>")
     if board.errors:

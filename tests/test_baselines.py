@@ -8,6 +8,7 @@ from bench.baselines import (
     frechet_distance,
     frechet_distance_features,
     frechet_distance_sqrtm,
+    gaussian,
 )
 from bench.errors import DataError
 from bench.testing import make_tiny_view
@@ -28,6 +29,19 @@ def test_fd_from_features_low_rank_and_full_rank(n1, n2, d):
     a, b = rng.normal(size=(n1, d)), rng.normal(loc=0.5, size=(n2, d)) * 2
     mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
     assert frechet_distance_features(a, b) == pytest.approx(frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
+
+
+def test_gaussian_streams_a_memmap_in_chunks_and_equals_np_cov(tmp_path):
+    rng = np.random.default_rng(2)
+    x = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float32, shape=(1003, 12))
+    x[:] = rng.normal(loc=50.0, size=(1003, 12)) @ rng.normal(size=(12, 12))
+    x.flush()
+    x = np.load(tmp_path / "f.npy", mmap_mode="r")
+    mu, sigma = gaussian(x, rows=100)   # 11 chunks, the last one short
+    np.testing.assert_allclose(mu, x.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-10)
+    with pytest.raises(DataError, match="NaN or inf"):
+        gaussian(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
 
 
 def test_fd_closed_form_identical_covariances():

@@ -71,7 +71,10 @@ def test_leaderboard_never_mixes_comparability_keys(default_run):
     other.method.params = {**other.method.params, "k": 3}
     other.comparability_key = records.comparability_key(other)
     table = leaderboard.build(recs + [other])["digits.md"]
-    assert table.count(f"| kmeans {recs[0].method.version} |") == 2
+    assert table.count(f"| kmeans {recs[0].method.version}") == 2
+    # each row names the parameters that set it apart from the other
+    assert table.count(f"| kmeans {recs[0].method.version} · k=3 |") == 1
+    assert f"### kmeans · k=3 / {other.features.extractor}" in table
 
 
 def test_a_row_scored_under_older_metric_definitions_is_labelled(default_run):
