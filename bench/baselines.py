@@ -214,23 +214,36 @@ def _checked(x: np.ndarray) -> np.ndarray:
 GAUSSIAN_ROWS = 65536
 
 
-def gaussian(x: np.ndarray, rows: int = GAUSSIAN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def gaussian(x, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64, ``np.cov``'s n−1) of the rows of ``x``, ``rows`` at a time.
 
-    Two passes, the mean and then the centred scatter, as ``np.cov`` computes them, but no
-    N×D float64 copy: FD's memory is D² however many images the store holds.
+    Two passes, the mean and then the centred scatter, as ``np.cov`` computes them, but never an
+    N×D float64 copy: FD's memory is D² however many images there are. ``x``: an (N, D) array
+    (memory-mapped or not) or anything whose row slices are arrays (:class:`_ViewRows`).
     """
-    x = check_finite(x)
-    n = len(x)
+    n, rows = len(x), rows or GAUSSIAN_ROWS
     if n < 2:
         raise DataError(f"Fréchet distance needs at least 2 images per side, got {n}")
-    chunks = range(0, n, rows)
-    mu = sum(x[s:s + rows].sum(0, dtype=np.float64) for s in chunks) / n
-    scatter = np.zeros((x.shape[1], x.shape[1]))
-    for s in chunks:
-        c = x[s:s + rows].astype(np.float64) - mu
-        scatter += c.T @ c
+    chunks = [slice(s, s + rows) for s in range(0, n, rows)]
+    mu = sum(check_finite(np.asarray(x[c])).sum(0, dtype=np.float64) for c in chunks) / n
+    scatter = 0.0
+    for c in chunks:
+        centred = np.asarray(x[c], dtype=np.float64) - mu
+        scatter = scatter + centred.T @ centred
     return mu, scatter / (n - 1)
+
+
+class _ViewRows:
+    """A view's features of one layer, read from the store a slice of rows at a time."""
+
+    def __init__(self, view: DataView, layer: str):
+        self.view, self.layer = view, layer
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return self.view.features(self.layer, rows=rows)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -307,6 +320,11 @@ class FrechetDistance(Comparator):
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
         self.check_params()
+        rows_a, rows_b = _ViewRows(a, self.layer), _ViewRows(b, self.layer)
+        d = rows_a[0:1].shape[1] if len(a) else 0
+        if min(len(a), len(b)) > d:   # streamed: D×D statistics, never all rows at once
+            (mu1, sigma1), (mu2, sigma2) = gaussian(rows_a), gaussian(rows_b)
+            return _fd_result(frechet_distance_psd(mu1, sigma1, mu2, sigma2), float(((mu1 - mu2) ** 2).sum()))
         x1, x2 = a.features(self.layer), b.features(self.layer)
         mean_term = float(((x1.mean(0, dtype=np.float64) - x2.mean(0, dtype=np.float64)) ** 2).sum())
         return _fd_result(frechet_distance_features(x1, x2), mean_term)
@@ -314,17 +332,17 @@ class FrechetDistance(Comparator):
     def summarise(self, a: DataView, *, seed: int = 0) -> dict:
         """A's Gaussian (mean, covariance in float64): all FD needs of A (clean-fid's reference statistics)."""
         self.check_params()
-        x = a.features(self.layer)
-        mu, sigma = gaussian(x)
-        return {"mu": mu, "sigma": sigma, "n": len(x)}
+        mu, sigma = gaussian(_ViewRows(a, self.layer))
+        return {"mu": mu, "sigma": sigma, "n": len(a)}
 
     def compare_summary(self, summary: dict, b: DataView, *, seed: int = 0) -> Comparison:
         self.check_params()
-        x = b.features(self.layer)
+        rows = _ViewRows(b, self.layer)
         mu, sigma = np.asarray(summary["mu"], dtype=np.float64), np.asarray(summary["sigma"], dtype=np.float64)
-        if mu.shape != x.shape[1:]:
-            raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {x.shape[1]}")
-        mu_b, sigma_b = gaussian(x)
+        d = rows[0:1].shape[1]
+        if mu.shape != (d,):
+            raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {d}")
+        mu_b, sigma_b = gaussian(rows)
         return _fd_result(frechet_distance_psd(mu, sigma, mu_b, sigma_b), float(((mu - mu_b) ** 2).sum()))
 
 
