@@ -59,7 +59,7 @@ def test_fd_comparator_streams_the_store_and_matches_the_sqrtm_oracle(monkeypatc
         read.append(len(out))
         return out
 
-    monkeypatch.setattr(baselines, "GAUSSIAN_ROWS", 32)
+    monkeypatch.setattr(baselines, "GAUSSIAN_CHUNK_BYTES", 32 * 8 * 192)   # 32 rows
     monkeypatch.setattr(DataView, "features", spy)
     got = FrechetDistance().compare(a, b)
     # FD here is ~0.02, the difference of traces ~1: float64 cancellation leaves ~1e-6 relative
