@@ -380,10 +380,11 @@ def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:
                         f"choose {what} <= {n} or use more images")
 
 
-def check_finite(x: np.ndarray, *, what: str = "features", rows: int = 65536) -> np.ndarray:
-    """``x`` unchanged, or ONE line when it holds NaN or inf; checked ``rows`` rows at a time, so a
-    memory-mapped matrix never costs a full-size boolean mask."""
+def check_finite(x: np.ndarray, *, what: str = "features", rows: int | None = None) -> np.ndarray:
+    """``x`` unchanged, or ONE line when it holds NaN or inf; checked ``rows`` rows at a time (by
+    default 16 Mi entries), so a memory-mapped matrix never costs a full-size boolean mask."""
     flat = np.atleast_1d(x)
+    rows = rows or max(1, 2**24 // max(1, flat[0:1].size))
     bad = sum(int(np.count_nonzero(~np.isfinite(flat[s:s + rows]))) for s in range(0, len(flat), rows))
     if bad:
         raise DataError(f"{what} contain NaN or inf values ({bad} entries)")

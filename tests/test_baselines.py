@@ -44,6 +44,17 @@ def test_gaussian_streams_a_memmap_in_chunks_and_equals_np_cov(tmp_path):
         gaussian(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
 
 
+@pytest.mark.parametrize("rows", [None, 3, 100])
+def test_check_finite_counts_every_bad_entry_whatever_the_chunk(rows):
+    from bench.api import check_finite
+
+    x = np.ones((11, 4), dtype=np.float32)
+    assert check_finite(x, rows=rows) is x
+    x[0, 1], x[10, 0], x[10, 3] = np.nan, np.inf, -np.inf   # first and last (short) chunk
+    with pytest.raises(DataError, match=r"\(3 entries\)"):
+        check_finite(x, rows=rows)
+
+
 def test_fd_comparator_streams_the_store_and_matches_the_sqrtm_oracle(monkeypatch):
     from bench import baselines
     from bench.api import DataView
