@@ -7,7 +7,7 @@ import sys
 from bench.cli import main
 
 status = main()
-if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+if int(os.environ.get("WORLD_SIZE", "1")) > 1:   # bench.distributed.launched(), without importing torch
     # A torchrun rank leaves without interpreter finalization. Gloo's worker threads can still be
     # freeing a finished collective's work (tensors with Python objects) when the interpreter
     # tears down; taking the GIL then kills the thread inside a noexcept destructor, and the rank
