@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bench.extractors.base import Extractor
     from bench.features import FeatureStore
     from bench.registry import Registry
+    from bench.statistics import Blocks, Draws
 
 
 # --------------------------------------------------------------------------- outputs
@@ -235,10 +236,40 @@ class Tags:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def contract_names(cls: type) -> frozenset[str]:
+    """The public names the method contract defines for ``cls``'s role (methods and tags)."""
+    bases = [b for b in (Summariser, Comparator, Expert, _Method) if issubclass(cls, b)]
+    return frozenset(k for b in bases for k in vars(b) if not k.startswith("_"))
+
+
+def check_contract_names(cls: type, obj: object | None = None) -> None:
+    """ONE line when a constructor parameter, or an attribute set on ``obj``, hides a contract name
+    (a parameter ``score`` stored as ``self.score`` made ``Comparator.score()`` a string)."""
+    who = f"{cls.__module__}.{cls.__qualname__}"
+    names = contract_names(cls)
+    params = set(cls._param_names()) if hasattr(cls, "_param_names") else set()
+    clash = sorted(params & names)
+    if clash:
+        raise BenchError(f"{who}: constructor parameter {clash[0]!r} hides the method contract's "
+                         f"{clash[0]!r}; rename the parameter")
+    for k in sorted(names):
+        base = next((b for b in cls.__mro__[1:] if k in vars(b) and b in (Summariser, Comparator, Expert, _Method)),
+                    None)
+        if base is not None and callable(vars(base)[k]) and k in vars(cls) and not callable(vars(cls)[k]) \
+                and not isinstance(vars(cls)[k], (classmethod, staticmethod)):
+            raise BenchError(f"{who}: class attribute {k!r} hides the method contract's {k}(); rename it")
+    if obj is not None:
+        hidden = sorted(k for k in vars(obj) if k in names and callable(getattr(type(obj), k, None)))
+        if hidden:
+            raise BenchError(f"{who}: the attribute {hidden[0]!r} set on the instance hides the method "
+                             f"contract's {hidden[0]}(); rename it")
+
+
 def tags_of(cls: type) -> Tags:
     """The checked :class:`Tags` of a method class; ONE-line BenchError naming the bad tag."""
     who = f"{cls.__module__}.{cls.__qualname__}"
     params = set(cls._param_names()) if hasattr(cls, "_param_names") else set()
+    check_contract_names(cls)
     requires = getattr(cls, "requires", frozenset({"features"}))
     if isinstance(requires, str) or not all(isinstance(r, str) for r in requires) \
             or not set(requires) <= REQUIREMENTS:
@@ -360,6 +391,97 @@ class Comparator(_Method):
 
     def summarise(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:  # pragma: no cover - optional
         raise NotImplementedError
+
+    # -- many draws from one pass: the state contract (see bench.statistics) ---------------------
+    # A comparator whose score is a function of statistics that merge by addition implements
+    # ``block_states`` (update: the statistics of each block of a view), ``finalize`` (the score
+    # from A's and B's summed statistics) and, when binning or the like must be fixed first,
+    # ``state_context``; the harness merges (adds) block statistics across draws, torchrun ranks and
+    # saved summaries. A comparator on a graph of A ∪ B (nearest neighbours, clusters) overrides
+    # ``draws`` instead and scores a relabelling of its nodes. ``bench check`` verifies that the
+    # state path gives the direct score.
+
+    def state_context(self, a: DataView, b: DataView | None, *, seed: int = 0) -> dict[str, Any]:
+        """What must be fixed before any statistic is accumulated (DNA's ranges), from A (and B when
+        given), as arrays and JSON values; the same for every draw. Default: nothing."""
+        return {}
+
+    def block_states(self, view: DataView, blocks: np.ndarray, n_blocks: int, *, context: dict[str, Any],
+                     seed: int = 0) -> dict[str, np.ndarray]:  # pragma: no cover - optional
+        """Additive statistics of each block: ``{name: array with the block on axis 0}``, block
+        ``blocks[i]`` for image i of ``view``; one pass over the view."""
+        raise NotImplementedError
+
+    def finalize(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray], *,
+                 context: dict[str, Any]) -> float:  # pragma: no cover - optional
+        """The score from A's and B's statistics (block statistics summed, possibly weighted)."""
+        raise NotImplementedError
+
+    def state_bytes(self, view: DataView, context: dict[str, Any]) -> int:
+        """Bytes of one block's statistics (sets how many blocks fit the memory budget)."""
+        return 0
+
+    def draws(self, a: DataView, b: DataView, blocks: Blocks, *, seed: int = 0) -> Draws | None:
+        """The comparison prepared for many draws (permutations, resamples) from one pass over A and
+        B, or None when the comparator has no state path (its null recomputes the score per draw).
+        Default: the additive statistics of ``block_states``."""
+        if not self.uses_state():
+            return None
+        from bench.statistics import AdditiveDraws
+
+        context = self.state_context(a, b, seed=seed)
+        n_a, count_a = len(a), int((blocks.side == 0).sum())
+        sa = self.block_states(a, blocks.of[:n_a], count_a, context=context, seed=seed)
+        sb = self.block_states(b, blocks.of[n_a:] - count_a, blocks.count - count_a, context=context, seed=seed)
+        return AdditiveDraws(blocks, {k: np.concatenate([sa[k], sb[k]]) for k in sa}, self._finalizer(context))
+
+    def saved_states(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:
+        """A's block states for a ``.bench`` (``state.*``), the context they were accumulated under
+        (``context.*``) and the block size a B must be split into: as many blocks as fit the
+        summary's budget (:data:`bench.statistics.SUMMARY_BUDGET_BYTES`)."""
+        from bench import statistics as S
+
+        context = self.state_context(a, None, seed=seed)
+        size = S.block_size(len(a), 0, self.state_bytes(a, context), S.SUMMARY_BUDGET_BYTES)
+        blocks = S.make_blocks(len(a), 0, size, seed)
+        states = self.block_states(a, blocks.of, blocks.count, context=context, seed=seed)
+        out: dict[str, Any] = {f"state.{k}": np.asarray(v) for k, v in states.items()}
+        out.update({f"context.{k}": v for k, v in context.items()})
+        out["state.block_size"] = int(size)
+        out["state.block_sizes"] = blocks.size
+        return out
+
+    def saved_draws(self, saved: dict[str, Any], b: DataView, *, seed: int = 0) -> Draws | None:
+        """Draws over A's saved block states and B's (B in blocks of A's size); None for a file without
+        states (written before they existed)."""
+        from bench import statistics as S
+
+        if "state.block_size" not in saved:
+            return None
+        context, a_states, size_a = S.split_saved(saved, self.name)
+        of_b, size_b = S.side_blocks(len(b), int(saved["state.block_size"]), np.random.default_rng([seed, 5]))
+        b_states = self.block_states(b, of_b, len(size_b), context=context, seed=seed)
+        S.check_mergeable(a_states, b_states, self.name)
+        blocks = S.join_blocks(size_a, of_b, size_b)
+        return S.AdditiveDraws(blocks, {k: np.concatenate([a_states[k], b_states[k]]) for k in a_states},
+                               self._finalizer(context))
+
+    def _finalizer(self, context: dict[str, Any]):
+        return lambda sa, sb: self.finalize(sa, sb, context=context)
+
+    def uses_state(self) -> bool:
+        """Whether these parameters use the state path (a comparator may support it for some only)."""
+        return type(self).supports_state()
+
+    @classmethod
+    def supports_state(cls) -> bool:
+        """Whether the comparator implements the additive state contract."""
+        return cls.block_states is not Comparator.block_states and cls.finalize is not Comparator.finalize
+
+    @classmethod
+    def supports_draws(cls) -> bool:
+        """Whether ``bench compare`` draws its null and interval from one pass (state or graph)."""
+        return cls.supports_state() or cls.draws is not Comparator.draws
 
     def compare_summary(self, summary: dict[str, Any], b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
         raise NotImplementedError

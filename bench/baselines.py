@@ -18,6 +18,7 @@ from scipy.sparse.csgraph import connected_components
 from bench.api import Comparator, Comparison, DataView, Finding, Summariser, Summary, check_finite, check_k
 from bench.errors import BenchError, DataError
 from bench.hookspecs import hookimpl
+from bench.statistics import AdditiveDraws, Draws, block_size, make_blocks
 
 
 def faiss_kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, nredo: int = 1,
@@ -348,6 +349,137 @@ class FrechetDistance(Comparator):
             raise DataError(f"fd: the saved summary has {mu.shape[0]}-dimensional features, B has {d}")
         mu_b, sigma_b = gaussian(rows)
         return _fd_result(frechet_distance_psd(mu, sigma, mu_b, sigma_b), float(((mu - mu_b) ** 2).sum()))
+
+
+    # -- the state path: one pass, any number of draws ------------------------------------------
+    def state_bytes(self, view: DataView, context: dict) -> int:
+        """One block's count, sum and sum of outer products (D² float64)."""
+        d = _ViewRows(view, self.layer)[0:1].shape[1]
+        return 8 * (d * d + d + 1)
+
+    def block_states(self, view: DataView, blocks: np.ndarray, n_blocks: int, *, context: dict,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+        """Count, sum and sum of outer products of each block's features (float64), a chunk of rows
+        at a time."""
+        self.check_params()
+        return gaussian_block_sums(_ViewRows(view, self.layer), blocks, n_blocks)
+
+    def finalize(self, a: dict, b: dict, *, context: dict) -> float:
+        (mu1, s1), (mu2, s2) = gaussian_from_sums(a), gaussian_from_sums(b)
+        return frechet_distance_psd(mu1, s1, mu2, s2)
+
+    def saved_states(self, a: DataView, *, seed: int = 0) -> dict:
+        """A's feature rows while images are fewer than dimensions (smaller than one D×D block, and the
+        null keeps one image per block); else block sums."""
+        d = _ViewRows(a, self.layer)[0:1].shape[1]
+        if not _SavedRows.fits(len(a), d):
+            return super().saved_states(a, seed=seed)
+        return {"state.row": check_finite(np.asarray(a.features(self.layer), dtype=np.float64)),
+                "state.block_size": 1, "state.block_sizes": np.ones(len(a), dtype=np.int64)}
+
+    def saved_draws(self, saved: dict, b: DataView, *, seed: int = 0):
+        if "state.row" not in saved:
+            return super().saved_draws(saved, b, seed=seed)
+        from bench.statistics import check_mergeable, join_blocks
+
+        rows_a = np.asarray(saved["state.row"], dtype=np.float64)
+        rows_b = np.asarray(b.features(self.layer), dtype=np.float64)
+        check_mergeable({"row": rows_a}, {"row": rows_b}, self.name)
+        x = np.concatenate([rows_a, check_finite(rows_b)])
+        n_a, n_b = len(rows_a), len(rows_b)
+        blocks = join_blocks(np.ones(n_a, np.int64), np.arange(n_b), np.ones(n_b, np.int64))
+        if n_a + n_b <= max(x.shape[1], GRAM_MAX_IMAGES):
+            return GramFrechetDraws(blocks, x)
+        d = x.shape[1]   # too many for the Gram matrix: random blocks of both sides, D×D sums each
+        blocks = make_blocks(n_a, n_b, block_size(n_a, n_b, 8 * (d * d + d + 1)), seed)
+        return AdditiveDraws(blocks, gaussian_block_sums(x, blocks.of, blocks.count), self._finalizer({}))
+
+    def draws(self, a: DataView, b: DataView, blocks, *, seed: int = 0):
+        """While images are fewer than dimensions: one image per block whatever ``blocks`` says, and FD
+        of any reweighting from the Gram matrix of A ∪ B (no D×D matrix, no eigensolver: an
+        n_A × n_B SVD per draw). Else the additive block states."""
+        self.check_params()
+        d = _ViewRows(a, self.layer)[0:1].shape[1]
+        if len(a) + len(b) <= d:
+            x = np.concatenate([check_finite(a.features(self.layer)), check_finite(b.features(self.layer))])
+            return GramFrechetDraws(make_blocks(len(a), len(b), 1, seed), x)
+        return super().draws(a, b, blocks, seed=seed)
+
+
+#: largest A ∪ B scored through the Gram matrix (n² float64 and an n_A × n_B SVD per draw)
+GRAM_MAX_IMAGES = 20_000
+
+
+class _SavedRows:
+    """FD's compact saved state while A has fewer images than dimensions: A's feature rows (n_A × D
+    is smaller than one D × D block), one image per block."""
+
+    @staticmethod
+    def fits(n: int, d: int) -> bool:
+        from bench.statistics import SUMMARY_BUDGET_BYTES
+
+        return n <= d and n * d * 8 <= SUMMARY_BUDGET_BYTES
+
+
+def gaussian_block_sums(x, blocks: np.ndarray, n_blocks: int, rows: int | None = None) -> dict[str, np.ndarray]:
+    """``count`` (K,), ``sum`` (K, D) and ``outer`` (K, D, D) float64 of the rows of each block."""
+    n = len(x)
+    d = np.asarray(x[0:1]).shape[1]
+    rows = rows or max(1, GAUSSIAN_CHUNK_BYTES // (8 * d))
+    count = np.bincount(blocks, minlength=n_blocks).astype(np.float64)
+    total = np.zeros((n_blocks, d))
+    outer = np.zeros((n_blocks, d, d))
+    for s in range(0, n, rows):
+        chunk = check_finite(np.asarray(x[s:s + rows], dtype=np.float64))
+        ids = blocks[s:s + rows]
+        np.add.at(total, ids, chunk)
+        for k in np.unique(ids):
+            part = chunk[ids == k]
+            outer[k] += part.T @ part
+    return {"count": count, "sum": total, "outer": outer}
+
+
+def gaussian_from_sums(stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (n−1) from summed count, sum and outer products."""
+    n = float(stats["count"])
+    if n < 2:
+        raise DataError(f"Fréchet distance needs at least 2 images per side, got {n:g}")
+    mu = stats["sum"] / n
+    sigma = (stats["outer"] - n * np.outer(mu, mu)) / (n - 1)
+    return mu, (sigma + sigma.T) / 2
+
+
+class GramFrechetDraws(Draws):
+    """FD of weighted A and B rows from the Gram matrix G = X Xᵀ of A ∪ B: with centred, weighted
+    rows Ã = W_a^½ (X_a − μ_a) / √(n_a − 1), Tr√(Σ_A Σ_B) = ‖Ã B̃ᵀ‖_* and every term is a
+    quadratic form in G (see ``frechet_distance_features``)."""
+
+    def __init__(self, blocks, x: np.ndarray):
+        self.blocks = blocks
+        x = np.asarray(x, dtype=np.float64)
+        x = x - x.mean(axis=0)   # FD ignores a common shift; centring keeps G's cancellations small
+        self.gram = x @ x.T
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
+        g = self.gram
+        ia, ib = np.flatnonzero(w_a), np.flatnonzero(w_b)
+        wa, wb = np.asarray(w_a, np.float64)[ia], np.asarray(w_b, np.float64)[ib]
+        na, nb = wa.sum(), wb.sum()
+        if min(na, nb) < 2:
+            raise DataError(f"Fréchet distance needs at least 2 images per side, got {na:g} and {nb:g}")
+        pa, pb = wa / na, wb / nb
+        g_aa, g_bb, g_ab = g[np.ix_(ia, ia)], g[np.ix_(ib, ib)], g[np.ix_(ia, ib)]
+        ga_a, gb_b = g_aa @ pa, g_bb @ pb            # X_a μ_a, X_b μ_b
+        mm_a, mm_b = pa @ ga_a, pb @ gb_b            # ‖μ_a‖², ‖μ_b‖²
+        mu_ab = pa @ g_ab @ pb                       # μ_a · μ_b
+        xa_mub, xb_mua = g_ab @ pb, g_ab.T @ pa      # X_a μ_b, X_b μ_a
+        # centred cross products (X_a − μ_a)(X_b − μ_b)ᵀ
+        cross = g_ab - xa_mub[:, None] - xb_mua[None, :] + mu_ab
+        cross *= np.sqrt(wa)[:, None] * np.sqrt(wb)[None, :] / np.sqrt((na - 1) * (nb - 1))
+        tr_a = (wa @ np.diag(g_aa) - na * mm_a) / (na - 1)
+        tr_b = (wb @ np.diag(g_bb) - nb * mm_b) / (nb - 1)
+        mean_term = mm_a + mm_b - 2 * mu_ab
+        return float(mean_term + tr_a + tr_b - 2.0 * linalg.svdvals(cross).sum())
 
 
 def _fd_result(fd: float, mean_term: float) -> Comparison:

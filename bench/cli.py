@@ -101,11 +101,22 @@ def _common_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
                    help="set a method parameter, or M.preset=NAME for a named set such as dna.preset=vdna "
                    "(repeatable; type-checked before any work)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="fp32", metavar="P", help="extraction precision: fp32 | bf16 | fp16")
+    _extraction_options(p)
+    p.add_argument("--out", type=Path, default=Path("results"), help="records directory (default results/)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _extraction_options(p: argparse.ArgumentParser) -> None:
+    """How images become features: the same options for every verb."""
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="image-decoding worker processes (default: one per core; 0 = in the main process)")
+    p.add_argument("--precision", default="fp32", metavar="P",
+                   help="extraction precision: fp32 (default, full float32) | bf16 | fp16; part of the cache key")
+    p.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                   help="JPEG decoding: auto (on the GPU when --device is CUDA), cpu (worker processes) or gpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,13 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="settings", type=_setting, action="append", default=[], metavar="M[.ROLE].P=V",
                    help="set a method parameter, e.g. --set kmeans.k=20 or --set dna.comparator.distance=nfd, "
                    "or a named preset: --set dna.preset=vdna (repeatable; type-checked before any work)")
-    r.add_argument("--batch-size", type=int, default=64)
-    r.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="image-decoding worker processes (default: one per core; 0 = in the main process)")
-    r.add_argument("--precision", default="fp32", metavar="P",
-                   help="extraction precision: fp32 (default, full float32) | bf16 | fp16; part of the cache key")
-    r.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
-                   help="JPEG decoding: auto (on the GPU when --device is CUDA), cpu (worker processes) or gpu")
+    _extraction_options(r)
     r.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/bench, $BENCH_CACHE)")
     r.add_argument("--no-cache", action="store_true", help="do not read or write the feature cache")
     r.add_argument("--shard", type=_shard, default=None, help="run only shard i/n of the grid (job arrays)")
@@ -164,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="null draws per comparator (default: each comparator's own, e.g. fd 200)")
     cp.add_argument("--bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples for the CI "
                     "(default 100; 0: no CI)")
-    cp.add_argument("--out", type=Path, default=Path("results"), help="records directory (default results/)")
+    cp.add_argument("--alpha", type=float, default=0.05,
+                    help="significance level of the decision; p-values are Holm-adjusted across comparators "
+                    "(default 0.05)")
+    cp.add_argument("--fail-on-difference", action="store_true",
+                    help="exit with status 3 when an adjusted p-value is below --alpha (to gate a CI job)")
     cp.add_argument("--report", type=Path, default=None,
                     help="HTML report file (default OUT/report.html)")
     sm = sub.add_parser("summarise", help="save a dataset's statistics once, to compare against many",
@@ -267,7 +276,8 @@ def cmd_run(args) -> int:
 
 
 def _run(args) -> int:
-    from bench.plan import DEFAULT_DATASETS, DEFAULT_EXTRACTOR, DEFAULT_METHODS, RunConfig
+    from bench.context import DEFAULT_EXTRACTOR
+    from bench.plan import DEFAULT_DATASETS, DEFAULT_METHODS, RunConfig
     from bench.runner import Runner
 
     cfg = RunConfig(
@@ -320,29 +330,29 @@ def _print_summary(results) -> None:
 
 def _compare_config(args, **extra):
     from bench.compare import CompareConfig
-    from bench.plan import DEFAULT_EXTRACTOR
+    from bench.context import DEFAULT_EXTRACTOR
 
     return CompareConfig(a=args.a, methods=args.methods, extractor=args.extractor or DEFAULT_EXTRACTOR,
                          weights=args.weights, device=args.device, seed=args.seed, limit=args.limit,
                          preset=args.preset, settings=args.settings, batch_size=args.batch_size,
-                         precision=args.precision,
-                         cache_dir=args.cache_dir, no_cache=args.no_cache,
+                         precision=args.precision, workers=args.workers, decode=args.decode, out=args.out,
+                         cache_dir=args.cache_dir, no_cache=args.no_cache, strict_plugins=args.strict_plugins,
                          progress=not args.no_progress and console.is_terminal, **extra)
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import CompareRun
+    from bench.compare import EXIT_DIFFERENT, CompareRun
     from bench.report import build_report
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
-                          bootstrap=args.bootstrap, out=args.out, report=args.report)
+                          bootstrap=args.bootstrap, alpha=args.alpha, report=args.report)
     run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
     console.print(f"bench {__version__} · compare [bold]{escape(run.a.name)}[/] (n={run.a.n}) with "
                   f"[bold]{escape(run.b.name)}[/] (n={run.b.n}) · extractor {cfg.extractor} · device {run.device} · "
                   f"methods {','.join(run.methods)}")
     recs = run.compare()
     table = Table(title=f"A = {run.a.name}  vs  B = {run.b.name}")
-    for col in ("method", "score", "p", "95% CI", "null", "n_A", "n_B", "what differs most", "status"):
+    for col in ("method", "score", "p", "p adj.", "95% CI", "null", "n_A", "n_B", "what differs most", "status"):
         table.add_column(col, overflow="fold")
     for rec in recs:
         m = {k: v.value for k, v in rec.metrics.items()}
@@ -351,16 +361,22 @@ def cmd_compare(args) -> int:
         top = (rec.tables.get("findings") or [{}])[0].get("title", "")
         status = "ok" if rec.status == "ok" else f"[red]{escape(rec.error or '')}[/]"
         table.add_row(rec.method.name, f"{m['score']:.4g}" if "score" in m else "",
-                      f"{m['p_value']:.3g}" if "p_value" in m else "—", ci,
+                      f"{m['p_value']:.3g}" if "p_value" in m else "—",
+                      f"{m['p_adjusted']:.3g}" if "p_adjusted" in m else "—", ci,
                       f"{null.get('draws', 0)} draws" if null.get("draws") else "none", str(run.a.n), str(run.b.n),
                       escape(top), status)
     console.print(table)
+    different = run.different(recs)
+    console.print(f"decision at α = {cfg.alpha:g} (Holm across comparators): "
+                  + ("[bold]A and B differ[/]" if different else "no difference detected"))
     report = build_report(cfg.out, cfg.report, regs=run.regs)
     console.print(f"records in {cfg.out}/compare/ · report: {report}")
     failed = [r for r in recs if r.status != "ok"]
     for rec in failed:
         err_console.print(f"[bold red]error:[/] {escape(rec.method.name)}: {escape(rec.error or '')}")
-    return 2 if failed else 0
+    if failed:
+        return 2
+    return EXIT_DIFFERENT if args.fail_on_difference and different else 0
 
 
 def cmd_summarise(args) -> int:

@@ -1,68 +1,57 @@
 """``bench compare A B`` and ``bench summarise A``: how do two datasets differ, on a user's own data.
 
-For each comparator: the score of A vs B; a null distribution (random reassignments of A ∪ B to
-two sets of the same sizes, or, for a comparator that trains, split halves of each side); the
-permutation p-value (1 + #null draws at least as different) / (1 + #draws); a percentile
-bootstrap CI (A and B resampled with replacement, each within itself); n_A and n_B; per class
-where both sides are labelled; and what the comparator says differs (``Comparison.findings``).
-Everything is validated before any work; results are records of kind ``comparison`` in the run
-store and a report page.
+For each comparator: the score of A vs B, a permutation null and p-value, a bootstrap interval,
+n_A and n_B, per class where both sides are labelled, and what the comparator says differs
+(``Comparison.findings``); p-values are adjusted across comparators (Holm) for the decision.
+The null and the interval come from :mod:`bench.statistics`: a comparator with a state path turns
+A and B into block statistics (or a graph of A ∪ B) once, and every draw re-weights blocks, so each
+image passes through the network once per compare. Everything is validated before any work;
+results are records of kind ``comparison`` in the run store and a report page.
 
-A side may be a saved summary (``bench summarise A --save A.bench``): then A's images are not
-at hand, so there is no permutation null and the CI resamples B only (said in the record).
+A side may be a saved summary (``bench summarise A --save A.bench``): it carries A's block
+states, so the null and the interval cover both sides; a file without them gets a CI over B only.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import __version__, plugins, records, summaryfile
+from bench import statistics as S
 from bench.api import Comparator, Comparison, DataView, tags_of
+from bench.context import RunContext, SharedConfig, check_seed, split_params, validate_shared
 from bench.datasets import concat, get_spec, load_source
 from bench.datasets.base import DatasetSpec, ImageSource
-from bench.errors import BenchError, DataError, UnknownNameError
+from bench.errors import BenchError, UnknownNameError
 from bench.factory import create_method, parse_setting, resolve_settings
-from bench.features import FeatureStore, default_cache_dir
-from bench.memo import MemoView
-from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION
-from bench.plan import DEFAULT_EXTRACTOR, MAX_SEED, PRECISIONS, resolve_device
-from bench.runner import split_params
-from bench.runstore import RunStore, check_writable_dir, jsonable
+from bench.metrics import HIGHER_IS_BETTER
+from bench.runstore import jsonable
 
-#: bootstrap resamples by default: the CI's ends are the 2.5th / 97.5th percentiles
-DEFAULT_BOOTSTRAP = 100
 #: permutations for each class's p-value with ``--per-class`` (each class is a smaller comparison)
 PER_CLASS_DRAWS = 50
+#: exit status of ``--fail-on-difference`` when an adjusted p-value is below α (not 1: a crash, 2: bad input)
+EXIT_DIFFERENT = 3
 
 
 @dataclass
-class CompareConfig:
-    a: str
+class CompareConfig(SharedConfig):
+    """``bench compare`` / ``bench summarise`` options beyond the shared ones."""
+
+    a: str = ""
     b: str | None = None                 # None: bench summarise
     methods: list[str] | None = None     # None: every comparator (with a permutation null / a summary)
-    extractor: str = DEFAULT_EXTRACTOR
-    weights: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    permutations: int | None = None      # None: each comparator's own null_draws
-    bootstrap: int = DEFAULT_BOOTSTRAP
-    per_class: bool = False
     seed: int = 0
-    limit: int | None = None
-    preset: str = "auto"
-    settings: list[Any] = field(default_factory=list)
-    out: Path = Path("results")
+    permutations: int | None = None      # None: each comparator's own null_draws
+    bootstrap: int = S.DEFAULT_BOOTSTRAP
+    per_class: bool = False
+    alpha: float = 0.05
     report: Path | None = None
     save: Path | None = None             # bench summarise --save
-    batch_size: int = 64
-    cache_dir: Path | None = None
-    no_cache: bool = False
-    progress: bool = False
 
 
 @dataclass
@@ -102,10 +91,11 @@ def dataset_name(text: str) -> str:
     return text
 
 
-def open_side(text: str, regs: plugins.Registries, limit: int | None, which: str) -> Side:
+def open_side(text: str, regs: plugins.Registries, limit: int | None, which: str,
+              methods: list[str] | None = None) -> Side:
     """A dataset spec or a ``.bench`` file → :class:`Side` with its images loaded (or the summary read)."""
     if text.endswith(summaryfile.SUFFIX):
-        return Side(text, saved=summaryfile.load(text))
+        return Side(text, saved=summaryfile.load(text, methods=methods))
     name = dataset_name(text)
     if ":" not in name and not Path(name).exists() and name not in regs.datasets and "/" in name:
         raise BenchError(f"{which} {text!r}: no such folder or dataset")
@@ -128,58 +118,8 @@ def _same_data(a: Side, b: Side) -> bool:
     return where(a) == where(b) or (a.source.name == b.source.name and a.source.revision == b.source.revision)
 
 
-# --------------------------------------------------------------------------- statistics
-
-
 def _direction(comparator: Comparator) -> float:
     return 1.0 if tags_of(type(comparator)).larger_is_more_different else -1.0
-
-
-def _score(comparator: Comparator, a: DataView, b: DataView, seed: int) -> float:
-    score = float(comparator.score(a, b, seed=seed))
-    if not np.isfinite(score):
-        raise DataError(f"{comparator.name}: the comparison score is {score} ({len(a)} vs {len(b)} images)")
-    return score
-
-
-def null_draws(comparator: Comparator, union: DataView, n_a: int, draws: int, seed: int) -> tuple[np.ndarray, str]:
-    """Scores under "no difference": permutations of A ∪ B, or split halves of each side."""
-    rng = np.random.default_rng([seed, 7])
-    n = len(union)
-    out = []
-    if tags_of(type(comparator)).null_kind == "split-half":
-        for k in range(draws):
-            for side in (np.arange(n_a), np.arange(n_a, n)):
-                perm = rng.permutation(side)
-                half = len(perm) // 2
-                out.append(_score(comparator, union.subset(np.sort(perm[:half])), union.subset(np.sort(perm[half:])),
-                                  seed + k + 1))
-        return np.asarray(out), f"split halves of each side, {draws} draws × 2 sides"
-    for k in range(draws):
-        perm = rng.permutation(n)
-        out.append(_score(comparator, union.subset(np.sort(perm[:n_a])), union.subset(np.sort(perm[n_a:])),
-                          seed + k + 1))
-    return np.asarray(out), f"{draws} random reassignments of A ∪ B (permutation test)"
-
-
-def p_value(observed: float, null: np.ndarray, direction: float) -> float:
-    """(1 + #draws at least as different as observed) / (1 + #draws): never 0, valid at any draw count."""
-    hits = int(np.sum(direction * null >= direction * observed - 1e-12 * max(1.0, abs(observed))))
-    return (1 + hits) / (1 + len(null))
-
-
-def bootstrap(score_fn, n_a: int | None, n_b: int, reps: int, seed: int) -> np.ndarray:
-    """Scores of ``reps`` resamples (with replacement, each side within itself; ``n_a=None``: B only).
-
-    A resample repeats images; a comparator whose score reads repeats as near-duplicates (nearest
-    neighbours, clusters) tells them apart by ``DataView.indices``, which a repeat shares."""
-    rng = np.random.default_rng([seed, 11])
-    out = []
-    for k in range(reps):
-        ia = None if n_a is None else np.sort(rng.integers(0, n_a, n_a))
-        ib = np.sort(rng.integers(0, n_b, n_b))
-        out.append(score_fn(ia, ib, seed + k + 1))
-    return np.asarray(out)
 
 
 # --------------------------------------------------------------------------- the command
@@ -192,61 +132,54 @@ class CompareRun:
                  sides: tuple[Side, Side | None] | None = None):
         """``sides``: already opened sides (e.g. sources made in memory) instead of ``cfg.a`` / ``cfg.b``."""
         self.cfg, self.echo = cfg, echo
-        self.regs = regs or plugins.load()
+        self.regs = regs or plugins.load(strict=cfg.strict_plugins)
         self._validate_numbers()
+        validate_shared(cfg, self.regs)
+        for path, what in ((cfg.report, "--report"), (cfg.save, "--save")):
+            if path is not None:
+                from bench.runstore import check_writable_dir
+
+                check_writable_dir(Path(path).parent, what)
+                if Path(path).is_dir():
+                    raise BenchError(f"{what} {str(path)!r} is a folder; give a file name")
+        if cfg.save is not None and Path(cfg.save).suffix != summaryfile.SUFFIX:
+            raise BenchError(f"--save {str(cfg.save)!r}: a saved summary's name must end in {summaryfile.SUFFIX}")
         if sides is not None:
             self.a, self.b = sides
         else:
-            self.a = open_side(cfg.a, self.regs, cfg.limit, "A")
+            self.a = open_side(cfg.a, self.regs, cfg.limit, "A", methods=cfg.methods)
             self.b = open_side(cfg.b, self.regs, cfg.limit, "B") if cfg.b is not None else None
         self._validate_sides()
         self.methods = self._methods()
         settings = [s if not isinstance(s, str) else parse_setting(s) for s in cfg.settings]
         params = resolve_settings(self.regs, settings, self.methods)
-        sides = [s for s in (self.a, self.b) if s is not None and s.spec is not None]
-        preset = cfg.preset if cfg.preset != "auto" else \
-            ("quick" if sides and all(s.spec.embedded for s in sides) else "paper")
-        self.preset = preset
+        sides_ = [s for s in (self.a, self.b) if s is not None and s.spec is not None]
+        self.preset = cfg.preset if cfg.preset != "auto" else \
+            ("quick" if sides_ and all(s.spec.embedded for s in sides_) else "paper")
         self.comparators: dict[str, Comparator] = {
-            m: create_method(self.regs, m, preset=preset, params=params.get(m))["comparator"] for m in self.methods}
+            m: create_method(self.regs, m, preset=self.preset, params=params.get(m))["comparator"]
+            for m in self.methods}
         for m, c in self.comparators.items():
             if tags_of(type(c)).null_kind == "split-half" and self.b is not None and min(self.a.n, self.b.n) < 4:
                 raise BenchError(f"{m}: its null splits each side in halves, so each side needs at least 4 images "
                                  f"(A has {self.a.n}, B has {self.b.n})")
-        check_writable_dir(cfg.out, "--out")
-        if cfg.cache_dir is not None and not cfg.no_cache:
-            check_writable_dir(cfg.cache_dir, "--cache-dir")
-        for path, what in ((cfg.report, "--report"), (cfg.save, "--save")):
-            if path is not None:
-                check_writable_dir(Path(path).parent, what)
-                if Path(path).is_dir():
-                    raise BenchError(f"{what} {str(path)!r} is a folder; give a file name")
-        self.device = resolve_device(cfg.device)
-        self.extractor = self.regs.extractors.get(cfg.extractor)(weights=cfg.weights, device=self.device)
-        self.extractor.configure(precision=cfg.precision)
-        self.features = {"extractor": cfg.extractor, "cache_key": jsonable(self.extractor.cache_key()),
+        if cfg.per_class and self.b is not None and (self.a.source.labels is None or self.b.source.labels is None):
+            raise BenchError("--per-class needs class labels on both sides (class sub-folders: imagefolder:)")
+        self.context = RunContext(cfg, self.regs)
+        self.device = self.context.device
+        self.features = {"extractor": cfg.extractor, "cache_key": jsonable(self.context.extractor.cache_key()),
                          "precision": cfg.precision}
         if self.a.saved is not None:
             summaryfile.check_matches(self.a.saved, features=self.features, methods=self._method_infos())
-        store_root = None if cfg.no_cache else (cfg.cache_dir or default_cache_dir())
-        self.store = FeatureStore(store_root)
-        self.runs = RunStore(cfg.out)
 
     # -- validation ---------------------------------------------------------------------------
     def _validate_numbers(self) -> None:
         cfg = self.cfg
-        if cfg.permutations is not None and cfg.permutations < 1:
-            raise BenchError(f"--permutations must be at least 1, got {cfg.permutations}")
-        if cfg.bootstrap < 0:
-            raise BenchError(f"--bootstrap must be 0 (no CI) or more, got {cfg.bootstrap}")
-        if not 0 <= cfg.seed <= MAX_SEED:
-            raise BenchError(f"--seed must be an integer from 0 to {MAX_SEED}, got {cfg.seed}")
-        if cfg.limit is not None and cfg.limit < 2:
-            raise BenchError(f"--limit must be at least 2, got {cfg.limit}")
-        if cfg.batch_size < 1:
-            raise BenchError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-        if cfg.precision not in PRECISIONS:
-            raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+        S.check_draws(cfg.permutations, "--permutations", minimum=1)
+        S.check_draws(cfg.bootstrap, "--bootstrap", minimum=0)
+        check_seed(cfg.seed, "--seed")
+        if not 0 < cfg.alpha < 1:
+            raise BenchError(f"--alpha must be between 0 and 1, got {cfg.alpha}")
 
     def _validate_sides(self) -> None:
         a, b = self.a, self.b
@@ -288,24 +221,18 @@ class CompareRun:
         return methods
 
     def _method_infos(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for m, c in self.comparators.items():
-            params, _ = split_params([c])
-            out[m] = {"version": str(c.version), "params": params}
-        return out
+        return {m: {"version": str(c.version), "params": split_params([c])[0]} for m, c in self.comparators.items()}
 
-    # -- the work -------------------------------------------------------------------------------
-    def _view(self, source: ImageSource) -> MemoView:
-        return MemoView(source, self.extractor, self.store, device=self.device, batch_size=self.cfg.batch_size,
-                        progress=self.cfg.progress, experts=self.regs.experts)
-
+    # -- bench summarise -----------------------------------------------------------------------
     def summarise(self) -> Path:
-        """Each comparator's statistics of A → the ``--save`` file."""
-        view = self._view(self.a.source)
+        """Each comparator's statistics of A, and its block states when it has a state path → ``--save``."""
+        view = self.context.view(self.a.source, memo=True)
         stats = {}
         for m, c in self.comparators.items():
             t0 = time.perf_counter()
-            stats[m] = c.summarise(view, seed=self.cfg.seed)
+            stats[m] = dict(c.summarise(view, seed=self.cfg.seed))
+            if c.uses_state():
+                stats[m].update(c.saved_states(view, seed=self.cfg.seed))
             self.echo(f"{m}: summarised {self.a.n} images in {time.perf_counter() - t0:.1f} s")
         info = self.a.info(self.cfg.limit).model_dump()
         info.update({"spec": self.a.text, "class_names": self.a.source.class_names})
@@ -313,80 +240,95 @@ class CompareRun:
                                          statistics=stats, bench_version=__version__)
         return summaryfile.save(saved, self.cfg.save)
 
+    # -- bench compare -------------------------------------------------------------------------
     def compare(self) -> list[records.Record]:
-        """One record per comparator (``kind="comparison"``), saved in the run store."""
-        out = []
+        """One record per comparator (``kind="comparison"``), p-values adjusted across comparators
+        (Holm), saved in the run store."""
+        out, artefacts_of = [], {}
         for m, comparator in self.comparators.items():
-            rec = self._record(m, comparator)
-            path = self.runs.path(rec)
+            rec = self.context.record(kind="comparison", method=m, roles={"comparator": comparator},
+                                      dataset=self.a.info(self.cfg.limit), dataset_b=self.b.info(self.cfg.limit),
+                                      seed=self.cfg.seed, preset=self.preset)
             t0 = time.perf_counter()
             try:
-                artefacts = self._compare_one(comparator, rec)
-                self.runs.save_artefacts(path, artefacts)
+                artefacts_of[m] = self._compare_one(comparator, rec)
             except BenchError as exc:
                 rec.status, rec.error, rec.error_kind = "error", str(exc), "input"
             rec.timings_s["compare"] = time.perf_counter() - t0
-            self.runs.save(rec)
             out.append(rec)
+        self._adjust(out)
+        for rec in out:
+            path = self.context.runs.path(rec)
+            if rec.method.name in artefacts_of:
+                self.context.runs.save_artefacts(path, artefacts_of[rec.method.name])
+            self.context.runs.save(rec)
         return out
 
-    def _record(self, m: str, comparator: Comparator) -> records.Record:
-        params, resources = split_params([comparator])
-        rec = records.Record(
-            kind="comparison",
-            method=records.MethodInfo(name=m, version=str(comparator.version), roles=["comparator"], params=params,
-                                      resources=resources),
-            dataset=self.a.info(self.cfg.limit), dataset_b=self.b.info(self.cfg.limit),
-            features=records.FeatureInfo(extractor=self.cfg.extractor, cache_key=self.features["cache_key"],
-                                         precision=self.cfg.precision),
-            seed=self.cfg.seed, preset=self.preset, device=str(self.device), bench_version=__version__,
-            metrics_version=METRICS_VERSION, environment=records.environment(), git=records.git_info())
-        rec.config_hash = records.config_hash(rec.method, self.preset)
-        rec.comparability_key = records.comparability_key(rec)
-        return rec
+    def _adjust(self, recs: list[records.Record]) -> None:
+        """Holm across comparators (family-wise error at ``--alpha``), beside each raw p-value."""
+        with_p = [r for r in recs if r.status == "ok" and "p_value" in r.metrics]
+        adjusted = S.holm(np.asarray([r.metrics["p_value"].value for r in with_p]))
+        for rec, p in zip(with_p, adjusted):
+            rec.metrics["p_adjusted"] = records.Metric(value=float(p))
+            rec.tables["decision"] = [{"alpha": self.cfg.alpha, "adjustment": f"Holm over {len(with_p)} comparators",
+                                       "p_adjusted": float(p), "different": bool(p < self.cfg.alpha)}]
+
+    def different(self, recs: list[records.Record]) -> bool:
+        """Whether any comparator's adjusted p-value is below α (``--fail-on-difference``)."""
+        return any(r.metrics.get("p_adjusted") is not None and r.metrics["p_adjusted"].value < self.cfg.alpha
+                   for r in recs)
 
     def _compare_one(self, comparator: Comparator, rec: records.Record) -> dict[str, Any]:
         cfg, seed = self.cfg, self.cfg.seed
         tags = tags_of(type(comparator))
         direction = _direction(comparator)
-        draws = cfg.permutations or tags.null_draws
         metrics: dict[str, float | None] = {"n_a": float(self.a.n), "n_b": float(self.b.n)}
         artefacts: dict[str, Any] = {}
+        null = boot = None
         if self.a.saved is not None:
-            b_view = self._view(self.b.source)
+            b_view = self.context.view(self.b.source, memo=True)
             stats = self.a.saved.statistics[rec.method.name]
             result = comparator.compare_summary(stats, b_view, seed=seed)
-            metrics["score"] = float(result.score)
-            rec.tables["null"] = [{"kind": "none: A is a saved summary, its images are not at hand", "draws": 0}]
-            if cfg.bootstrap:
-                boot = bootstrap(lambda _, ib, s: float(comparator.compare_summary(stats, b_view.subset(ib),
-                                                                                   seed=s).score),
-                                 None, self.b.n, cfg.bootstrap, seed)
-                artefacts["bootstrap"] = boot
-                metrics["ci_low"], metrics["ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-                rec.tables["ci"] = [_ci_row(boot, metrics["score"], cfg.bootstrap, "B only")]
+            draws = comparator.saved_draws(stats, b_view, seed=seed) if comparator.uses_state() else None
+            if draws is None:
+                metrics["score"] = S.checked_score(result.score, comparator.name, self.a.n, self.b.n)
+                rec.tables["null"] = [{"kind": f"none: {self.a.text} carries no block states; re-summarise with "
+                                               f"`bench summarise {self.a.saved.dataset.get('spec', 'DATASET')} "
+                                               f"--save {Path(self.a.text).name}`", "draws": 0}]
+                self.echo(f"{rec.method.name}: {rec.tables['null'][0]['kind']}")
+                if cfg.bootstrap:
+                    boot = S.brute_force_bootstrap(
+                        lambda _, ib, s: float(comparator.compare_summary(stats, b_view.subset(ib), seed=s).score),
+                        None, self.b.n, cfg.bootstrap, seed)
+                    resampled = "B only (A is a saved summary without block states)"
+            else:
+                metrics["score"] = S.checked_score(draws.observed(), comparator.name, self.a.n, self.b.n)
+                null, boot, resampled = self._draw(comparator, draws, rec, metrics, direction)
         else:
-            union = self._view(concat(self.a.source, self.b.source))
+            union = self.context.view(concat(self.a.source, self.b.source), memo=True)
             n_a = self.a.n
             a_view, b_view = union.subset(np.arange(n_a)), union.subset(np.arange(n_a, len(union)))
-            result = comparator.compare(a_view, b_view, seed=seed)
-            metrics["score"] = float(result.score)
-            if not np.isfinite(result.score):
-                raise DataError(f"{rec.method.name}: the comparison score is {result.score}")
-            null, how = null_draws(comparator, union, n_a, draws, seed)
-            metrics["p_value"] = p_value(float(result.score), null, direction)
-            metrics["null_mean"] = float(null.mean())
-            artefacts["null"] = null
-            rec.tables["null"] = [{"kind": how, "draws": len(null), "null_mean": float(null.mean()),
-                                   "null_sd": float(null.std(ddof=1)) if len(null) > 1 else 0.0}]
-            if cfg.bootstrap:
-                boot = bootstrap(lambda ia, ib, s: _score(comparator, a_view.subset(ia), b_view.subset(ib), s),
-                                 n_a, self.b.n, cfg.bootstrap, seed)
-                artefacts["bootstrap"] = boot
-                metrics["ci_low"], metrics["ci_high"] = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
-                rec.tables["ci"] = [_ci_row(boot, metrics["score"], cfg.bootstrap, "A and B, each within itself")]
+            draws = self._draws(comparator, a_view, b_view, seed) if tags.null_kind == "permutation" else None
+            if draws is not None:
+                metrics["score"] = S.checked_score(draws.observed(), comparator.name, n_a, self.b.n)
+                null, boot, resampled = self._draw(comparator, draws, rec, metrics, direction)
+                result = comparator.compare(a_view, b_view, seed=seed)
+            else:
+                result = comparator.compare(a_view, b_view, seed=seed)
+                metrics["score"] = S.checked_score(result.score, comparator.name, n_a, self.b.n)
+                null, boot, resampled = self._brute_force(comparator, union, n_a, rec, metrics, direction)
             if cfg.per_class:
                 rec.tables["per_class"] = self._per_class(comparator, union, n_a, direction)
+        if boot is not None:
+            interval = S.basic_interval(metrics["score"], boot)
+            metrics["ci_low"], metrics["ci_high"] = interval.low, interval.high
+            metrics["score_bias_corrected"] = interval.bias_corrected
+            artefacts["bootstrap"] = boot
+            rec.tables["ci"] = [{"bootstrap": interval.reps, "method": interval.method, "resampled": resampled,
+                                 "bootstrap_mean": interval.bootstrap_mean,
+                                 "covers_score": bool(interval.low <= metrics["score"] <= interval.high)}]
+        if null is not None:
+            metrics["mde"] = S.minimum_detectable_effect(null, boot, direction, alpha=cfg.alpha)
         rec.metrics = {k: records.Metric(value=v, higher_is_better=HIGHER_IS_BETTER.get(k)) for k, v in metrics.items()
                        if v is not None}
         rec.statistics.update({k: float(v) for k, v in result.statistics.items() if np.isfinite(v)})
@@ -395,12 +337,71 @@ class CompareRun:
                                    "images": sum(len(i) for _, _, i in f.images)} for f in result.findings]
         return artefacts
 
+    def _draws(self, comparator: Comparator, a: DataView, b: DataView, seed: int) -> S.Draws | None:
+        """The comparator prepared for many draws, with as many blocks as its state's memory allows."""
+        if not type(comparator).supports_draws():
+            return None
+        context = comparator.state_context(a, b, seed=seed)
+        per_block = comparator.state_bytes(a, context)
+        blocks = S.make_blocks(len(a), len(b), S.block_size(len(a), len(b), per_block), seed)
+        return comparator.draws(a, b, blocks, seed=seed)
+
+    def _draw(self, comparator: Comparator, draws: S.Draws, rec: records.Record, metrics: dict,
+              direction: float) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+        """Null and bootstrap from ``draws`` (block permutations and block resamples)."""
+        cfg, seed = self.cfg, self.cfg.seed
+        n_draws = cfg.permutations or tags_of(type(comparator)).null_draws
+        b = draws.blocks
+        null = None
+        if not b.exchangeable():
+            rec.tables["null"] = [{"kind": "none: no block of A has the size of a block of B (B has fewer images "
+                                           "than one of A's saved blocks)", "draws": 0, "blocks": b.describe()}]
+        else:
+            null = S.permutation_null(draws, n_draws, seed)
+            metrics["p_value"] = S.p_value(metrics["score"], null, direction)
+            metrics["null_mean"] = float(null.mean())
+            rec.tables["null"] = [{"kind": f"{n_draws} random reassignments of blocks of A ∪ B (permutation test)",
+                                   "draws": n_draws, "blocks": b.describe(), "block_count": b.count,
+                                   "null_mean": float(null.mean()),
+                                   "null_sd": float(null.std(ddof=1)) if n_draws > 1 else 0.0}]
+        boot = S.bootstrap(draws, cfg.bootstrap, seed) if cfg.bootstrap else None
+        return null, boot, f"blocks of A and of B, each within its side ({b.describe()})"
+
+    def _brute_force(self, comparator: Comparator, union: DataView, n_a: int, rec: records.Record, metrics: dict,
+                     direction: float) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """For comparators without a state path (ProtoSim trains per draw): every draw scored from scratch."""
+        cfg, seed = self.cfg, self.cfg.seed
+        tags = tags_of(type(comparator))
+        n_draws = cfg.permutations or tags.null_draws
+        n = len(union)
+
+        def score(ia: np.ndarray, ib: np.ndarray, s: int) -> float:
+            return S.checked_score(comparator.score(union.subset(ia), union.subset(ib), seed=s), comparator.name,
+                                   len(ia), len(ib))
+
+        if tags.null_kind == "split-half":
+            null = S.split_half_null(score, n_a, n, n_draws, seed)
+            how = f"split halves of each side, {n_draws} draws × 2 sides"
+        else:
+            null = S.brute_force_null(score, n_a, n, n_draws, seed)
+            how = f"{n_draws} random reassignments of A ∪ B (permutation test, every score recomputed)"
+        metrics["p_value"] = S.p_value(metrics["score"], null, direction)
+        metrics["null_mean"] = float(null.mean())
+        rec.tables["null"] = [{"kind": how, "draws": len(null), "blocks": "one image per block",
+                               "block_count": n, "null_mean": float(null.mean()),
+                               "null_sd": float(null.std(ddof=1)) if len(null) > 1 else 0.0}]
+        boot = None
+        if cfg.bootstrap:
+            boot = S.brute_force_bootstrap(lambda ia, ib, s: score(ia, n_a + ib, s), n_a, n - n_a, cfg.bootstrap, seed)
+        return null, boot, "A and B, each within itself"
+
     def _per_class(self, comparator: Comparator, union: DataView, n_a: int, direction: float) -> list[dict]:
+        """The comparison within each class present on both sides, p-values Holm-adjusted across classes."""
         src = union.source
-        if src.labels is None:
-            raise BenchError("--per-class needs class labels on both sides (class sub-folders: imagefolder:)")
         rows = []
         side = np.arange(src.n) >= n_a
+        seed = self.cfg.seed
+        draws_n = min(self.cfg.permutations or PER_CLASS_DRAWS, PER_CLASS_DRAWS)
         for k, cname in enumerate(src.class_names or []):
             ia, ib = np.flatnonzero((src.labels == k) & ~side), np.flatnonzero((src.labels == k) & side)
             row: dict[str, Any] = {"class": cname, "n_a": len(ia), "n_b": len(ib)}
@@ -409,23 +410,20 @@ class CompareRun:
                 rows.append(row)
                 continue
             both = union.subset(np.concatenate([ia, ib]))
-            row["score"] = _score(comparator, both.subset(np.arange(len(ia))),
-                                  both.subset(np.arange(len(ia), len(ia) + len(ib))), self.cfg.seed)
-            if tags_of(type(comparator)).null_kind == "permutation":
-                null, _ = null_draws(comparator, both, len(ia), min(self.cfg.permutations or PER_CLASS_DRAWS,
-                                                                     PER_CLASS_DRAWS), self.cfg.seed)
-                row["p_value"] = p_value(row["score"], null, direction)
+            a_view, b_view = both.subset(np.arange(len(ia))), both.subset(np.arange(len(ia), len(ia) + len(ib)))
+            draws = self._draws(comparator, a_view, b_view, seed) \
+                if tags_of(type(comparator)).null_kind == "permutation" else None
+            if draws is not None:
+                row["score"] = S.checked_score(draws.observed(), comparator.name, len(ia), len(ib))
+                row["p_value"] = S.p_value(row["score"], S.permutation_null(draws, draws_n, seed), direction)
+            else:
+                row["score"] = S.checked_score(comparator.score(a_view, b_view, seed=seed), comparator.name,
+                                               len(ia), len(ib))
             rows.append(row)
+        tested = [r for r in rows if "p_value" in r]
+        for r, p in zip(tested, S.holm(np.asarray([r["p_value"] for r in tested]))):
+            r["p_adjusted"] = float(p)
         return rows
-
-
-def _ci_row(boot: np.ndarray, score: float, reps: int, resampled: str) -> dict[str, Any]:
-    """How the CI was made, and whether the resamples' scores sit around the score: a resample
-    repeats images, which a nearest-neighbour or clustering score reads as near-duplicates, so for
-    those the bootstrap distribution is shifted and the CI shows spread, not location."""
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"bootstrap": reps, "resampled": resampled, "bootstrap_mean": float(boot.mean()),
-            "covers_score": bool(lo <= score <= hi)}
 
 
 def _findings_artefacts(result: Comparison) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.api import Comparator, Comparison, DataView, Summariser, tags_of
+from bench.api import Comparator, Comparison, DataView, Summariser, check_contract_names, tags_of
 from bench.errors import BenchError
 from bench.evaluate import validate_summary
 
@@ -102,7 +102,11 @@ def summariser_checks(cls: type[Summariser], view: DataView, params: dict) -> li
         else:
             raise AssertionError("set_params accepted an unknown parameter")
 
-    return [check_class_attributes, check_params_round_trip, check_fit_returns_self_and_valid_summary,
+    def check_contract_names_not_hidden():
+        check_contract_names(cls, _new(cls, params))
+
+    return [check_class_attributes, check_contract_names_not_hidden, check_params_round_trip,
+            check_fit_returns_self_and_valid_summary,
             check_fit_does_not_mutate_params, check_seed_determinism_and_idempotence, check_pickle_after_fit,
             check_bad_parameter_is_one_line_error]
 
@@ -147,17 +151,45 @@ def comparator_checks(cls: type[Comparator], view: DataView, params: dict) -> li
 
         obj = _new(cls, params)
         direct = float(obj.compare(a, b, seed=0).score)
+        stats = dict(obj.summarise(a, seed=0))
+        if obj.uses_state():
+            stats.update(obj.saved_states(a, seed=0))
         with tempfile.TemporaryDirectory() as tmp:
-            path = summaryfile.save(summaryfile.SavedSummary({"name": a.name}, {}, {cls.name: {}},
-                                                             {cls.name: obj.summarise(a, seed=0)}),
-                                    Path(tmp) / "a.bench")
+            info = {"name": a.name, "revision": "0" * 16, "n": len(a)}
+            path = summaryfile.save(summaryfile.SavedSummary(info, {}, {cls.name: {"version": "0", "params": {}}},
+                                                             {cls.name: stats}), Path(tmp) / "a.bench")
             stats = summaryfile.load(path).statistics[cls.name]
         saved = float(_new(cls, params).compare_summary(stats, b, seed=0).score)
         assert math.isclose(saved, direct, rel_tol=1e-6, abs_tol=1e-9), \
             f"compare against the saved summary gave {saved}, the direct compare {direct}"
+        draws = _new(cls, params).saved_draws(stats, b, seed=0) if obj.uses_state() else None
+        if draws is not None:
+            got = draws.observed()
+            assert math.isclose(got, direct, rel_tol=1e-6, abs_tol=1e-9), \
+                f"the saved block states gave {got}, the direct compare {direct}"
 
-    checks = [check_class_attributes, check_returns_finite_comparison, check_identity_is_least_different,
-              check_score_equals_compare, check_seed_determinism]
+    def check_state_path_equals_direct_score():
+        """The draws' observed score (one image per block, and blocks of 3 merged by addition)
+        equals compare(A, B).score to 1e-6: the null and the interval score what the record says."""
+        from bench.statistics import make_blocks
+
+        obj = _new(cls, params)
+        direct = float(obj.compare(a, b, seed=0).score)
+        for size in (1, 3):
+            draws = _new(cls, params).draws(a, b, make_blocks(len(a), len(b), size, 0), seed=0)
+            if draws is None:
+                return
+            got = draws.observed()
+            assert math.isclose(got, direct, rel_tol=1e-6, abs_tol=1e-9), \
+                f"the state path gave {got} (blocks of {size}) but compare().score {direct}"
+
+    def check_contract_names_not_hidden():
+        check_contract_names(cls, _new(cls, params))
+
+    checks = [check_class_attributes, check_contract_names_not_hidden, check_returns_finite_comparison,
+              check_identity_is_least_different, check_score_equals_compare, check_seed_determinism]
+    if cls.supports_draws():
+        checks.append(check_state_path_equals_direct_score)
     if tags_of(cls).supports_summary:
         checks.append(check_saved_summary_equals_direct_compare)
     return checks

@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.api import PRESET_PARAM, Comparator, DataView, Summariser, tags_of
+from bench.api import PRESET_PARAM, Comparator, DataView, Summariser, check_contract_names, tags_of
 from bench.errors import BenchError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,7 +163,8 @@ def resolve_settings(regs: Registries, settings: list[Setting], methods: list[st
     of the method overrides it whatever the order on the command line."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
     # stable: presets first, everything else in command-line order
-    for s in sorted(settings, key=lambda s: s.param != PRESET_PARAM):
+    for given in sorted(settings, key=lambda s: s.param != PRESET_PARAM):
+        s = _renamed(regs, given)
         if s.method not in methods:
             raise BenchError(f"--set names method {s.method!r}, which is not in --methods {','.join(methods)}")
         classes = method_classes(regs, s.method)
@@ -179,6 +181,19 @@ def resolve_settings(regs: Registries, settings: list[Setting], methods: list[st
             out.setdefault(s.method, {}).setdefault(role, {})[s.param] = coerce(
                 classes[role], s.param, s.text, method=s.method)
     return out
+
+
+def _renamed(regs: Registries, s: Setting) -> Setting:
+    """A setting of a renamed parameter (class attribute ``renamed_params``), with a deprecation line."""
+    if s.method not in regs.summarisers and s.method not in regs.comparators:
+        return s
+    renamed = {k: v for cls in method_classes(regs, s.method).values()
+               for k, v in getattr(cls, "renamed_params", {}).items()}
+    if s.param not in renamed:
+        return s
+    logging.getLogger("bench").warning("--set %s.%s is deprecated: the parameter is now %r",
+                                       s.method, s.param, renamed[s.param])
+    return Setting(s.method, s.role, renamed[s.param], s.text)
 
 
 def preset_params(classes: dict[str, type], setting: Setting) -> dict[str, dict[str, Any]]:
@@ -217,6 +232,7 @@ def create_method(regs: Registries, name: str, *, preset: str = "paper",
     roles: dict[str, Summariser | Comparator] = {}
     for role, cls in method_classes(regs, name).items():
         obj = cls()
+        check_contract_names(cls, obj)
         if preset == "quick":
             obj.set_params(**tags_of(cls).quick_params)
         obj.set_params(**(params or {}).get(role, {}))

@@ -62,8 +62,14 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     # bench compare A B
     MetricInfo("score", None, "comparator score between A and B (direction: the comparator's)", True),
     MetricInfo("p_value", None, "share of null draws at least as different as A vs B ((1 + hits) / (1 + draws))", True),
-    MetricInfo("ci_low", None, "2.5th percentile of the score over bootstrap resamples of A and B", True),
-    MetricInfo("ci_high", None, "97.5th percentile of the score over bootstrap resamples of A and B", True),
+    MetricInfo("p_adjusted", None, "p-value adjusted across the comparators of one compare (Holm)", True),
+    MetricInfo("ci_low", None, "lower end of the 95 % basic bootstrap interval (2·score − 97.5th percentile of "
+               "the block resamples)", True),
+    MetricInfo("ci_high", None, "upper end of the 95 % basic bootstrap interval (2·score − 2.5th percentile)", True),
+    MetricInfo("score_bias_corrected", None, "2·score − mean of the bootstrap resamples: the score with the "
+               "plug-in estimator's small-sample bias moved back"),
+    MetricInfo("mde", None, "minimum detectable effect at this n: the score shift above the null's median that "
+               "reaches p < α with 80 % power"),
     MetricInfo("null_mean", None, "mean score of the null draws"),
     MetricInfo("n_a", None, "images in A"),
     MetricInfo("n_b", None, "images in B"),

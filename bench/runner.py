@@ -13,35 +13,33 @@ rank 0 evaluates and writes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import resource
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench import __version__, distributed, plugins, records
+from bench import distributed, plugins, records
 from bench.api import DataView, tags_of
+from bench.context import RunContext
 from bench.datasets import load_source
 from bench.datasets.base import ImageSource
 from bench.errors import BenchError
 from bench.evaluate import Evaluator, evaluate_comparator, validate_summary
-from bench.factory import create_method, create_view
-from bench.features import FeatureStore, default_cache_dir
-from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION
-from bench.plan import Cell, Plan, RunConfig, make_plan, resolve_device
-from bench.runstore import RunStore, artefact_dir, jsonable
+from bench.factory import create_method
+from bench.metrics import HIGHER_IS_BETTER
+from bench.plan import Cell, Plan, RunConfig, make_plan
+from bench.runstore import artefact_dir, jsonable
 
 log = logging.getLogger("bench")
 
-__all__ = ["CellResult", "RunConfig", "Runner", "split_params"]
+__all__ = ["CellResult", "RunConfig", "Runner"]
 
 
 @dataclass
@@ -51,42 +49,8 @@ class CellResult:
     skipped: bool = False
 
 
-def _distribution_of(cls: type) -> tuple[str, str]:
-    top = cls.__module__.split(".")[0]
-    dists = metadata.packages_distributions().get(top, [])
-    if dists:
-        try:
-            return dists[0], metadata.version(dists[0])
-        except metadata.PackageNotFoundError:
-            pass
-    return top, ""
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    p = Path(path)
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
-def split_params(methods) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(science parameters, run resources) of a method's role objects, JSON-ready. Only the first
-    enter the config hash and the comparability key (:attr:`bench.api.Tags.resources`)."""
-    params: dict[str, Any] = {}
-    resources: dict[str, Any] = {}
-    for obj in methods:
-        spare = tags_of(type(obj)).resources
-        for k, v in obj.get_params().items():
-            (resources if k in spare else params)[k] = jsonable(v)
-    return params, resources
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -104,22 +68,16 @@ class Runner:
         self.echo = echo
         self.regs = regs or plugins.load(strict=config.strict_plugins)
         self.plan: Plan = make_plan(config, self.regs)
-        self.device = resolve_device(config.device)
-        self.ctx = distributed.init(self.device)   # a no-op unless started by torchrun
-        self.device = distributed.local_device(self.device)
-        store_root = None if config.no_cache else (config.cache_dir or default_cache_dir())
-        self.store = FeatureStore(store_root)
-        self.runs = RunStore(config.out)
+        self.context = RunContext(config, self.regs)
+        self.device, self.ctx = self.context.device, self.context.dist
+        self.store, self.runs = self.context.store, self.context.runs
         self.evaluator = Evaluator()
-        self._weights_sha = _file_sha256(config.weights) if config.weights and Path(config.weights).exists() else None
 
     # -- the grid --------------------------------------------------------------------------
     def run(self) -> list[CellResult]:
         """Every cell of the plan. Under torchrun every rank calls this: the results (and records)
         are rank 0's; other ranks return an empty list."""
-        factory = self.regs.extractors.get(self.cfg.extractor)
-        extractor = factory(weights=self.cfg.weights, device=self.device)
-        extractor.configure(workers=self.cfg.workers, precision=self.cfg.precision, decode=self.cfg.decode)
+        extractor = self.context.extractor
         results: list[CellResult] = []
         sources: dict[str, ImageSource] = {}
         for cell in self.plan.cells:
@@ -154,29 +112,14 @@ class Runner:
                                 collective=True)
 
     def _view(self, source: ImageSource, extractor, artefacts: Path | None = None) -> DataView:
-        return create_view(source, extractor, self.store, device=self.device, batch_size=self.cfg.batch_size,
-                           progress=self.cfg.progress, artefact_dir=artefacts, experts=self.regs.experts)
+        return self.context.view(source, artefacts=artefacts)
 
     # -- one cell ---------------------------------------------------------------------------
-    def _base_record(self, cell: Cell, source: ImageSource, extractor, roles, preset: str) -> records.Record:
-        first = next(iter(roles.values()))
-        dist, dist_version = _distribution_of(type(first))
-        params, resources = split_params(roles.values())
+    def _base_record(self, cell: Cell, source: ImageSource, roles, preset: str) -> records.Record:
         spec = self.plan.specs[cell.dataset]
-        rec = records.Record(
-            method=records.MethodInfo(name=cell.method, version=str(first.version), distribution=dist,
-                                      dist_version=dist_version, roles=sorted(roles), params=params,
-                                      resources=resources),
-            dataset=records.DatasetInfo(name=spec.name, revision=source.revision, n=source.n,
-                                        limit=self.cfg.limit, embedded=spec.embedded),
-            features=records.FeatureInfo(extractor=self.cfg.extractor, cache_key=jsonable(extractor.cache_key()),
-                                         weights=self._weights_sha, precision=self.cfg.precision),
-            seed=cell.seed, preset=preset, device=str(self.device), bench_version=__version__,
-            metrics_version=METRICS_VERSION, environment=records.environment(), git=records.git_info(),
-        )
-        rec.config_hash = records.config_hash(rec.method, preset)
-        rec.comparability_key = records.comparability_key(rec)
-        return rec
+        return self.context.record(method=cell.method, roles=roles, seed=cell.seed, preset=preset,
+                                   dataset=records.DatasetInfo(name=spec.name, revision=source.revision, n=source.n,
+                                                               limit=self.cfg.limit, embedded=spec.embedded))
 
     def _run_cell(self, cell: Cell, source: ImageSource, extractor) -> CellResult | None:
         preset = self.plan.preset(cell.dataset)
@@ -186,7 +129,7 @@ class Runner:
         collective = {role for role, obj in roles.items() if tags_of(type(obj)).distributed}
         if not self.ctx.is_main and not collective:
             return None   # rank 0 runs it; this rank goes on to the next collective step
-        rec = self._base_record(cell, source, extractor, roles, preset)
+        rec = self._base_record(cell, source, roles, preset)
         path = self.runs.path(rec)
         finished = self.runs.finished(rec) if self.cfg.resume else None
         if collective:

@@ -13,7 +13,8 @@ from scipy.stats import spearmanr
 
 from bench import plugins, summaryfile
 from bench.cli import main
-from bench.compare import CompareConfig, CompareRun, Side, p_value
+from bench.compare import CompareConfig, CompareRun, Side
+from bench.statistics import p_value
 from bench.runstore import RunStore
 
 #: pixels keep CI fast and are a real extractor. Permutations per comparator: enough that p can
@@ -134,7 +135,10 @@ def test_saved_summary_compare_equals_direct_compare(lfw, tmp_path, method, caps
     assert main(["compare", str(saved), str(lfw / "nonfaces"), "--out", str(tmp_path / "s"), *args]) == 0
     direct, from_file = _records(tmp_path / "d")[method], _records(tmp_path / "s")[method]
     assert from_file.metrics["score"].value == pytest.approx(direct.metrics["score"].value, rel=1e-6)
-    assert "p_value" not in from_file.metrics and from_file.tables["ci"][0]["resampled"] == "B only"
+    # A's block states travel in the file: the same null and interval as from A's images
+    assert from_file.metrics["p_value"].value == direct.metrics["p_value"].value
+    assert from_file.metrics["ci_low"].value == pytest.approx(direct.metrics["ci_low"].value, rel=1e-6)
+    assert from_file.tables["null"][0]["draws"] == 5
 
 
 def test_conformance_checks_the_saved_summary_round_trip():
@@ -176,7 +180,7 @@ def bad_inputs(lfw, tmp_path_factory) -> dict[str, Path]:
     (["{faces}", "{nonfaces}", "--methods", "kmeans"], "only summarises one dataset"),
     (["{faces}", "{nonfaces}", "--methods", "fdd"], "Did you mean 'fd'"),
     (["{faces}", "{nonfaces}", "--methods", "protosim", "--limit", "3"], "each side needs at least 4 images"),
-    (["{faces}", "{nonfaces}", "--permutations", "0"], "--permutations must be at least 1"),
+    (["{faces}", "{nonfaces}", "--permutations", "0"], "--permutations must be from 1"),
     (["{faces}", "/no/such/dir"], "no such folder or dataset"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, message, tmp_path, capsys):

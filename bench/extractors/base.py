@@ -9,7 +9,9 @@ FeatureStore keys features by it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -150,28 +152,27 @@ class Extractor:
             return self.transform.normalise(images.to(self.device, non_blocking=True))
         return self.preprocess(images).to(self.device, non_blocking=True)
 
-    # --- run resources and precision ----------------------------------------------------
-    #: decode workers (None: one per core; 0: in-process), "auto"|"cpu"|"gpu" JPEG decode
-    workers: int | None = None
-    decode: str = "auto"
-    #: "fp32" (default, full float32, no TF32), "bf16" or "fp16" (autocast); part of cache_key()
-    precision: str = "fp32"
+    # --- identity and run resources: one declared, frozen config ------------------------------
+    #: precision (part of ``cache_key()``), decode workers and JPEG decode mode; set once, when the
+    #: run context creates the extractor (:func:`create_extractor`)
+    config: ExtractorConfig
 
-    def configure(self, *, workers: int | None = None, precision: str | None = None,
-                  decode: str | None = None) -> Extractor:
-        """Set run resources (workers, decode) and the precision, checked up front."""
-        from bench.pipeline import DECODE_MODES, check_workers
+    @property
+    def precision(self) -> str:
+        return self.config.precision
 
-        if workers is not None:
-            self.workers = check_workers(workers)
-        if precision is not None:
-            if precision not in PRECISIONS:
-                raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-            self.precision = precision
-        if decode is not None:
-            if decode not in DECODE_MODES:
-                raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-            self.decode = decode
+    @property
+    def workers(self) -> int | None:
+        return self.config.workers
+
+    @property
+    def decode(self) -> str:
+        return self.config.decode
+
+    def configure(self, **changes: Any) -> Extractor:
+        """A new validated config with ``changes`` (precision, workers, decode): for tests and tools
+        that build an extractor by hand; the verbs declare it once through :func:`create_extractor`."""
+        self.config = dataclasses.replace(self.config, **{k: v for k, v in changes.items() if v is not None})
         return self
 
     def precision_context(self):
@@ -181,7 +182,39 @@ class Extractor:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
 
-#: --precision → autocast dtype (None: plain float32)
+#: --precision → autocast dtype (None: plain float32): the one list of precisions
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: --precision → the ``dtype`` entry of cache keys ("float32" as before, so fp32 keys do not move)
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """How an extractor runs, declared once and validated here (timm's ``PretrainedCfg`` style):
+    ``precision`` changes the features (it is in ``cache_key()`` and every record); ``workers`` and
+    ``decode`` are run resources that never do."""
+
+    precision: str = "fp32"
+    workers: int | None = None
+    decode: str = "auto"
+
+    def __post_init__(self) -> None:
+        from bench.pipeline import DECODE_MODES, check_workers
+
+        if self.precision not in PRECISIONS:
+            raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.workers is not None:
+            check_workers(self.workers)
+        if self.decode not in DECODE_MODES:
+            raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+
+
+Extractor.config = ExtractorConfig()
+
+
+def create_extractor(factory, *, weights: str | None, device: torch.device | str,
+                     config: ExtractorConfig) -> Extractor:
+    """A registered extractor factory's extractor, with its declared config."""
+    extractor = factory(weights=weights, device=device)
+    extractor.config = config
+    return extractor

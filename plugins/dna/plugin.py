@@ -45,6 +45,7 @@ from .distances import (
     aggregate,
     check_neurons,
     emd_per_neuron,
+    emd_rows,
     fd_per_layer,
     nfd_per_neuron,
     per_layer_means,
@@ -312,6 +313,68 @@ class DNAComparator(Comparator):
         if len(b) == 0:
             raise DataError("dna: cannot compare with an empty set")
         return self._against(reference_from_dict(summary, self), b)
+
+    # -- the state path: histograms per block, any number of draws from one pass -----------------
+    def uses_state(self) -> bool:
+        """Histogram distances merge by addition; the Gaussian ones (nfd, fd) recompute per draw."""
+        return self.distance in ("emd", "emd_act")
+
+    def state_context(self, a: DataView, b: DataView | None, *, seed: int = 0) -> dict[str, Any]:
+        """The bins, fixed before any image is binned: A's ranges (``ranges="reference"``), A ∪ B's
+        (``"union"``) or a file's, and the selected neurons; every draw bins with these."""
+        self._check()
+        ref = self._reference(a, seed, other=b)
+        ranges: Ranges = ref["ranges"]
+        out: dict[str, Any] = {"layers": list(ref["layers"]), "neurons": dict(ref["neurons"]),
+                               "ranges_convention": {"mode": ranges.mode, "scale": ranges.scale},
+                               "selected": None if ref["selected"] is None else
+                               {k: np.asarray(v).tolist() for k, v in ref["selected"].items()}}
+        for k in ranges.layers:
+            out[f"range_min:{k}"], out[f"range_max:{k}"] = ranges.mins[k], ranges.maxs[k]
+        return out
+
+    @staticmethod
+    def _context_ranges(context: dict[str, Any]) -> Ranges:
+        conv = context["ranges_convention"]
+        layers = context["layers"]
+        mins = {k: np.asarray(context[f"range_min:{k}"], dtype=np.float64) for k in layers}
+        maxs = {k: np.asarray(context[f"range_max:{k}"], dtype=np.float64) for k in layers}
+        if any(mins[k].shape != maxs[k].shape or (mins[k] > maxs[k]).any() for k in layers):
+            raise DataError("dna: the saved ranges are malformed (shapes differ or min > max)")
+        return Ranges(mins, maxs, mode=conv["mode"], scale=conv["scale"])
+
+    def state_bytes(self, view: DataView, context: dict[str, Any]) -> int:
+        return 8 * self.bins * sum(int(v) for v in context["neurons"].values())
+
+    def block_states(self, view: DataView, blocks: np.ndarray, n_blocks: int, *, context: dict[str, Any],
+                     seed: int = 0) -> dict[str, np.ndarray]:
+        """Each block's histograms (``counts:LAYER``, (blocks, neurons, bins) int64), one pass over the
+        view; the view's whole DNA is kept for ``compare``, which then streams nothing again."""
+        self._check()
+        layers, ranges = list(context["layers"]), self._context_ranges(context)
+        kinds = ("histogram", "layer-gaussian")
+        builder = build_from_view(view, kinds=kinds, groups=blocks, n_groups=n_blocks, **self._kw(layers, ranges))
+        base = (tuple(layers), kinds, self.bins, ranges.digest(), self.sample, self.precision)
+        ext = extractor_meta(view)
+        self._cached(("dna", _view_key(view), *base), lambda: self._finish(builder, kinds, ext, view.name))
+        return {f"counts:{k}": builder.counts[k].cpu().numpy() for k in layers}
+
+    def finalize(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, context: dict[str, Any]) -> float:
+        """Mean EMD over the (selected) neurons between A's and B's summed histograms."""
+        layers = list(context["layers"])
+        ranges = self._context_ranges(context) if self.distance == "emd_act" else None
+        per = {}
+        for k in layers:
+            e = emd_rows(torch.from_numpy(np.asarray(a[f"counts:{k}"])), torch.from_numpy(np.asarray(b[f"counts:{k}"])))
+            if ranges is not None:
+                e = e * torch.from_numpy(ranges.bin_width(k, self.bins))
+            per[k] = e
+        selected = None if context.get("selected") is None else \
+            {k: np.asarray(v, dtype=np.int64) for k, v in context["selected"].items()}
+        return aggregate(per, neurons=selected)
+
+    def draws(self, a: DataView, b: DataView, blocks, *, seed: int = 0):
+        return super().draws(a, b, blocks, seed=seed) if self.uses_state() else None
 
     def _kw(self, layers: list[str], ranges: Ranges | None) -> dict[str, Any]:
         return {"layers": layers, "bins": self.bins, "ranges": ranges, "sample": self.sample,

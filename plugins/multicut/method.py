@@ -20,6 +20,7 @@ from bench_multicut.findings import multicut_findings
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary, check_finite
 from bench.errors import BenchError, DataError
+from bench.statistics import Draws
 
 GRAPHS = ("auto", "complete", "knn")
 BACKENDS = ("own", "bioimage")
@@ -261,6 +262,20 @@ def _summary(f: Fitted, view: DataView, extractor: str) -> Summary:
     return Summary(codes=codes, statistics=stats, artefacts=artefacts)
 
 
+class ClusterDraws(Draws):
+    """AMI(side, cluster) of any relabelling (or reweighting) of the clustered images of A ∪ B."""
+
+    def __init__(self, blocks, codes: np.ndarray):
+        self.blocks, self.codes = blocks, codes
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
+        ca = np.repeat(self.codes, np.rint(w_a).astype(np.int64))
+        cb = np.repeat(self.codes, np.rint(w_b).astype(np.int64))
+        source = np.r_[np.zeros(len(ca), dtype=np.int64), np.ones(len(cb), dtype=np.int64)]
+        return float(T.group_mixing(np.concatenate([ca, cb]), source)["adjusted_mutual_information"])
+
+
+
 class MulticutComparator(_MulticutParams, Comparator):
     """Cluster A ∪ B jointly and measure how much the clusters know about the source.
 
@@ -281,7 +296,8 @@ class MulticutComparator(_MulticutParams, Comparator):
     larger_is_more_different: ClassVar[bool] = True
     quick_params: ClassVar[dict] = {}
 
-    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+    def _union(self, a: DataView, b: DataView, seed: int):
+        """The multicut of A ∪ B (the last one is kept: a compare's draws and its findings share it)."""
         self._check()
         if len(a) == 0 or len(b) == 0:
             raise DataError(f"multicut: cannot compare an empty dataset (sizes {len(a)} and {len(b)})")
@@ -289,7 +305,23 @@ class MulticutComparator(_MulticutParams, Comparator):
         if xa.shape[1] != xb.shape[1]:
             raise DataError(f"multicut: feature sizes differ ({xa.shape[1]} vs {xb.shape[1]}); "
                             "compare datasets through the same extractor")
-        fitted = self._run(np.concatenate([xa, xb]), a, seed)
+        key = (a.source.name, a.source.revision, a.indices.tobytes(), b.source.name, b.source.revision,
+               b.indices.tobytes(), seed, repr(self.get_params()))
+        last = self.__dict__.get("_last_union")
+        if last is None or last[0] != key:
+            self.__dict__["_last_union"] = (key, self._run(np.concatenate([xa, xb]), a, seed))
+        return self.__dict__["_last_union"][1], xa, xb
+
+    def draws(self, a: DataView, b: DataView, blocks, *, seed: int = 0) -> ClusterDraws:
+        """The multicut of A ∪ B, solved once without the side labels; a draw relabels its images
+        (so the permutation test is exact given the clustering)."""
+        from bench.statistics import make_blocks
+
+        fitted, _, _ = self._union(a, b, seed)
+        return ClusterDraws(make_blocks(len(a), len(b), 1, seed), np.asarray(fitted.codes))
+
+    def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
+        fitted, xa, xb = self._union(a, b, seed)
         source = np.r_[np.zeros(len(xa), dtype=np.int64), np.ones(len(xb), dtype=np.int64)]
         mix = T.group_mixing(fitted.codes, source)
         table5 = T.cluster_statistics(fitted.codes)

@@ -83,6 +83,8 @@ class _ProtoSimBase:
     #: run resources: recorded, but never part of the comparability key (an I/O choice must not split rows)
     resources: ClassVar[frozenset[str]] = frozenset({"num_workers", "memory_limit_gb", "checkpoint_dir",
                                                      "resume", "figures_dir"})
+    #: ``--set protosim.score=…`` (before the parameter stopped hiding ``Comparator.score()``)
+    renamed_params: ClassVar[dict[str, str]] = {"score": "difference"}
 
     def __init__(
         self, *,
@@ -126,7 +128,7 @@ class _ProtoSimBase:
         specific_level: str = "image",
         size_normalised: bool = False,
         stats_weights: str = "student",
-        score: str = "jensen_shannon",
+        difference: str = "jensen_shannon",
         checkpoint_dir: str | None = None,
         resume: bool = True,
         figures_dir: str | None = None,
@@ -173,7 +175,7 @@ class _ProtoSimBase:
         self.specific_level = specific_level
         self.size_normalised = size_normalised
         self.stats_weights = stats_weights
-        self.score = score
+        self.difference = difference
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
         self.figures_dir = figures_dir
@@ -215,8 +217,8 @@ class _ProtoSimBase:
              f"stats_weights must be 'student' or 'teacher', got {self.stats_weights!r}")
         need(self.prototype_init in ("uniform", "kmeans"),
              f"prototype_init must be 'uniform' or 'kmeans', got {self.prototype_init!r}")
-        need(self.score in ("jensen_shannon", "specific_share"),
-             f"score must be 'jensen_shannon' or 'specific_share', got {self.score!r}")
+        need(self.difference in ("jensen_shannon", "specific_share"),
+             f"difference must be 'jensen_shannon' or 'specific_share', got {self.difference!r}")
         need(self.chunk_tokens is None or (isinstance(self.chunk_tokens, int) and self.chunk_tokens >= 1),
              f"chunk_tokens must be None or an integer >= 1, got {self.chunk_tokens!r}")
         for p in ("global_crop_scale", "local_crop_scale"):
@@ -450,8 +452,8 @@ class ProtoSim(_ProtoSimBase, Summariser):
 class ProtoSimComparator(_ProtoSimBase, Comparator):
     """Train one pool of prototypes on A ∪ B; the difference is how differently A and B use it.
 
-    ``score="jensen_shannon"`` (default): the Jensen–Shannon divergence, in bits (0 … 1), between
-    the two datasets' token-level prototype-usage histograms. ``score="specific_share"``: the
+    ``difference="jensen_shannon"`` (default): the Jensen–Shannon divergence, in bits (0 … 1), between
+    the two datasets' token-level prototype-usage histograms. ``difference="specific_share"``: the
     share of used prototypes that are dataset-specific. Both are always in ``statistics``.
     """
 
@@ -486,7 +488,7 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
                   "specific_b": rank_specific(types, run["basis"], 1).tolist(),
                   "shared": rank_shared(types, run["basis"]).tolist(),
                   "token_counts": tok, "image_counts": run["image_counts"],
-                  "history": run["result"].history, "score": self.score}
-        score = js if self.score == "jensen_shannon" else share
+                  "history": run["result"].history, "difference": self.difference}
+        score = js if self.difference == "jensen_shannon" else share
         return Comparison(score=float(score), detail=detail, statistics=stats,
                           findings=protosim_findings({**run, "table": table}, detail, len(a), self.n_top_images))

@@ -9,6 +9,7 @@ import numpy as np
 
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary
 from bench.errors import BenchError, DataError
+from bench.statistics import Draws
 
 from .algorithm2 import eigengap_count, laplacian_eigenvalues
 from .core import (
@@ -235,6 +236,50 @@ class WaveletSummariser(Summariser):
         return out
 
 
+class NeighbourDraws(Draws):
+    """The wavelet score of any relabelling of A ∪ B from one k-NN graph (exact: a node whose ``k``
+    neighbours hold none of the wanted side is searched in full). A node's weight is how often a
+    draw takes it; a repeated node is never its own neighbour (a repeat is not a near-duplicate)."""
+
+    K = 32
+
+    def __init__(self, blocks, w: np.ndarray):
+        self.blocks, self.w = blocks, w
+        k = min(self.K, len(w) - 1)
+        self.dist, self.idx = nearest_neighbours(w, w, k, exclude_self=True)
+        self.floor = 1e-9 * float(np.sqrt(np.mean((w.astype(np.float64) ** 2).sum(1))) + 1e-30)
+
+    def _nearest_in(self, rows: np.ndarray, member: np.ndarray) -> np.ndarray:
+        """Distance from each node of ``rows`` to its nearest other node with ``member`` true."""
+        hit = member[self.idx[rows]]
+        found = hit.any(axis=1)
+        out = np.empty(len(rows))
+        out[found] = self.dist[rows[found], hit[found].argmax(axis=1)]
+        for r in np.flatnonzero(~found):   # beyond the k nearest: search that node's side in full
+            cand = np.flatnonzero(member)
+            cand = cand[cand != rows[r]]
+            if len(cand) == 0:
+                raise DataError("wavelet: comparing needs at least 2 distinct images per dataset")
+            out[r] = float(np.sqrt(((self.w[cand] - self.w[rows[r]]) ** 2).sum(1, dtype=np.float64)).min())
+        return out
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
+        in_a, in_b = np.asarray(w_a) > 0, np.asarray(w_b) > 0
+        if in_a.sum() < 2 or in_b.sum() < 2:
+            raise DataError(f"wavelet: comparing needs at least 2 distinct images per dataset, got "
+                            f"{int(in_a.sum())} and {int(in_b.sum())}")
+        ra, rb = np.flatnonzero(in_a), np.flatnonzero(in_b)
+        wa, wb = np.asarray(w_a, np.float64)[ra], np.asarray(w_b, np.float64)[rb]
+
+        def mean(d: np.ndarray, weight: np.ndarray) -> float:
+            return max(float(weight @ d / weight.sum()), self.floor)
+
+        ba, bb = mean(self._nearest_in(rb, in_a), wb), mean(self._nearest_in(rb, in_b), wb)
+        ab, aa = mean(self._nearest_in(ra, in_b), wa), mean(self._nearest_in(ra, in_a), wa)
+        return float(0.5 * (np.log(ba / bb) + np.log(ab / aa)))
+
+
+
 def _nearest_other(w: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """Each row's distance to its nearest neighbour *from another image* of the same set.
 
@@ -325,6 +370,20 @@ class WaveletComparator(Comparator):
     def score(self, a: DataView, b: DataView, *, seed: int = 0) -> float:
         """The score alone (no near-duplicate analysis): what a null draw or a bootstrap resample needs."""
         return self._nearest(a, b)["score"]
+
+    def draws(self, a: DataView, b: DataView, blocks, *, seed: int = 0) -> NeighbourDraws:
+        """The k-NN graph of A ∪ B in wavelet space, built once (one image per block); a draw relabels
+        its nodes and reads each one's nearest neighbour of a side off its neighbour list."""
+        from bench.statistics import make_blocks
+
+        ia = _read(a, self.image_size, "dataset")
+        ib = _read(b, self.image_size, "dataset", size=ia.shape[1:3])
+        level, coefficients = resolve_coefficients(ia.shape[1:3], self.wavelet, self.level, self.mode,
+                                                   self.coefficients, self.max_coefficients)
+        w = coefficient_matrix(np.concatenate([ia, ib]), wavelet=self.wavelet, level=level, mode=self.mode,
+                               coefficients=coefficients, backend=self.backend, device=a.device, dtype=np.float32)
+        w -= w.mean(axis=0, dtype=np.float64).astype(np.float32)
+        return NeighbourDraws(make_blocks(len(ia), len(ib), 1, seed), w)
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:
         if self.duplicates not in DUPLICATE_MODES:

@@ -294,7 +294,7 @@ def test_comparator_sees_objects_and_scenes_as_more_different_than_two_halves(pa
     assert 0 <= null.score < between.score <= 1
     assert between.statistics["specific_share"] > null.statistics["specific_share"]
     assert set(between.statistics) >= {"jensen_shannon_bits", "specific_share", "n_shared"}
-    share = ProtoSimComparator(**{**SMALL, "epochs": 1, "hard_epoch": 1}, score="specific_share")
+    share = ProtoSimComparator(**{**SMALL, "epochs": 1, "hard_epoch": 1}, difference="specific_share")
     again = share.compare(passnet_view.subset(objects[:30]), passnet_view.subset(scenes[:30]), seed=0)
     assert again.score == pytest.approx(between.statistics["specific_share"])
 

@@ -1,0 +1,365 @@
+"""Comparison statistics in one place: blocks, the permutation null, p-values, the bootstrap
+interval and multiple-testing adjustment. ``bench compare``, ``bench summarise`` and the evaluator
+all call this module; nothing else draws nulls or resamples.
+
+**Blocks and draws.** Each side is split at random into blocks of images (one image per block
+while the comparator's per-block state fits the memory budget). A comparator turns its images into
+a :class:`Draws` object once — additive statistics per block (FD's count, sum and sum of outer
+products; DNA's histograms) or a graph on A ∪ B (wavelet's and multicut's) — and scores any
+assignment of blocks to sides from it: a permutation draw reassigns blocks, a bootstrap resample
+reweights them. Every image passes through the network once per compare, whatever the number
+of draws. A block permutation is an exact test when blocks are formed at random: under "no
+difference" the blocks are exchangeable, so the observed assignment is one more draw from the
+null. Blocks of different sizes are only exchanged with blocks of their own size, so every draw
+keeps the sides' sizes.
+
+**Interval.** A plug-in divergence grows as its effective sample shrinks and a resample with
+replacement repeats images, so percentile bootstrap intervals of FD or DNA sit above the score
+(they excluded it in real runs). We report the *basic* (centred) bootstrap interval
+[2θ̂ − q97.5, 2θ̂ − q2.5], which moves the resamples' bias back onto the estimate, and the
+bias-corrected estimate 2θ̂ − mean(θ*); its coverage of a known truth is measured by
+simulation (tests and benchmarks/test_calibration_bench.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.errors import BenchError, DataError
+
+#: bootstrap resamples by default
+DEFAULT_BOOTSTRAP = 100
+#: the interval's level
+CI_LEVEL = 0.95
+#: most draws a compare accepts (each draw is one score; a typo of 10^9 would never end)
+MAX_DRAWS = 100_000
+#: per-block state memory of one compare (both sides), and of a saved summary's side A
+STATE_BUDGET_BYTES = 2**30
+SUMMARY_BUDGET_BYTES = 2**28
+
+
+def checked_score(value: float, who: str, n_a: int, n_b: int) -> float:
+    """A NaN or infinite score is an error, never a number in a record."""
+    score = float(value)
+    if not np.isfinite(score):
+        raise DataError(f"{who}: the comparison score is {score} ({n_a} vs {n_b} images)")
+    return score
+
+
+def p_value(observed: float, null: np.ndarray, direction: float) -> float:
+    """(1 + #draws at least as different as observed) / (1 + #draws): never 0, valid at any draw count."""
+    null = np.asarray(null, dtype=np.float64)
+    hits = int(np.sum(direction * null >= direction * observed - 1e-12 * max(1.0, abs(observed))))
+    return (1 + hits) / (1 + len(null))
+
+
+def check_draws(value: int | None, what: str, *, minimum: int) -> None:
+    if value is None:
+        return
+    if value < minimum or value > MAX_DRAWS:
+        raise BenchError(f"{what} must be from {minimum} to {MAX_DRAWS:,}, got {value}")
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Which block each image of A ∪ B is in: ``of[i]`` for image i (A's first), blocks of A first.
+
+    ``size[k]`` images in block k; ``side[k]`` 0 for A's blocks, 1 for B's."""
+
+    of: np.ndarray
+    size: np.ndarray
+    side: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.size)
+
+    @property
+    def n_a(self) -> int:
+        return int(self.size[self.side == 0].sum())
+
+    @property
+    def n_b(self) -> int:
+        return int(self.size[self.side == 1].sum())
+
+    def exchangeable(self) -> bool:
+        """Whether a permutation can move anything: some block size occurs on both sides."""
+        return bool(set(self.size[self.side == 0].tolist()) & set(self.size[self.side == 1].tolist()))
+
+    def describe(self) -> str:
+        sizes = np.unique(self.size)
+        per = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+        return f"{int((self.side == 0).sum())} + {int((self.side == 1).sum())} blocks of {per} images"
+
+
+def block_size(n_a: int, n_b: int, state_bytes: int, budget: int = STATE_BUDGET_BYTES) -> int:
+    """Images per block: 1 while one state per image fits ``budget``, else the fewest that do."""
+    n = n_a + n_b
+    if state_bytes <= 0 or n * state_bytes <= budget:
+        return 1
+    blocks = max(2, budget // state_bytes)
+    return int(np.ceil(n / blocks))
+
+
+def side_blocks(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A side of ``n`` images in random blocks of ``size`` (the first ``n mod size`` get one more when
+    that keeps every block at least ``size``): (block of each image, block sizes)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if size <= 1 or n < 2 * size:
+        count = n if size <= 1 else 1
+    else:
+        count = n // size
+    sizes = np.full(count, n // count, dtype=np.int64)
+    sizes[: n % count] += 1
+    of = np.repeat(np.arange(count), sizes)
+    if count < n:
+        of = of[rng.permutation(n)]
+    return of, sizes
+
+
+def make_blocks(n_a: int, n_b: int, size: int, seed: int) -> Blocks:
+    """Random blocks of each side (one image per block when ``size`` is 1, in image order)."""
+    rng = np.random.default_rng([seed, 3])
+    of_a, size_a = side_blocks(n_a, size, rng)
+    of_b, size_b = side_blocks(n_b, size, rng)
+    return Blocks(np.concatenate([of_a, of_b + len(size_a)]), np.concatenate([size_a, size_b]),
+                  np.r_[np.zeros(len(size_a), np.int64), np.ones(len(size_b), np.int64)])
+
+
+# --------------------------------------------------------------------------- draws
+
+
+class Draws:
+    """A comparison prepared for many draws: ``score(w_a, w_b)`` with one weight per block
+    (0/1 for a permutation draw, resample counts for the bootstrap). Comparators return one from
+    ``Comparator.draws``; :class:`AdditiveDraws` covers every comparator whose statistics merge
+    by addition."""
+
+    blocks: Blocks
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def observed(self) -> float:
+        side = self.blocks.side
+        return self.score((side == 0).astype(np.float64), (side == 1).astype(np.float64))
+
+
+@dataclass
+class AdditiveDraws(Draws):
+    """Per-block statistics (``arrays[name]`` with the block on axis 0) and the comparator's
+    ``finalize(stats_a, stats_b) -> score``; a side's statistics are the weighted sum of its blocks'."""
+
+    blocks: Blocks
+    arrays: dict[str, np.ndarray]
+    finalize: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], float]
+    #: values that are the same for every block (JSON-able or arrays), passed through unchanged
+    constants: dict[str, Any] = field(default_factory=dict)
+
+    def total(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        w = np.asarray(w, dtype=np.float64)
+        out = {}
+        for k, v in self.arrays.items():
+            nz = np.flatnonzero(w)
+            flat = v[nz].reshape(len(nz), -1)
+            out[k] = (w[nz] @ flat.astype(np.float64, copy=False)).reshape(v.shape[1:])
+        out.update(self.constants)
+        return out
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
+        return float(self.finalize(self.total(w_a), self.total(w_b)))
+
+
+def split_saved(saved: dict[str, Any], who: str) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+    """(context, block states, block sizes) of a saved summary's ``context.*`` / ``state.*`` entries."""
+    context = {k.partition(".")[2]: v for k, v in saved.items() if k.startswith("context.")}
+    states = {k.partition(".")[2]: np.asarray(v) for k, v in saved.items()
+              if k.startswith("state.") and k not in ("state.block_size", "state.block_sizes")}
+    sizes = np.asarray(saved.get("state.block_sizes", []), dtype=np.int64).reshape(-1)
+    if not states or len(sizes) == 0 or (sizes < 1).any() or any(len(v) != len(sizes) for v in states.values()):
+        raise BenchError(f"{who}: the saved block states do not match their block sizes; summarise the dataset again")
+    return context, states, sizes
+
+
+def check_mergeable(a: dict[str, np.ndarray], b: dict[str, np.ndarray], who: str) -> None:
+    """ONE line when two sides' states cannot be added (other statistics or shapes)."""
+    if set(a) != set(b) or any(a[k].shape[1:] != b[k].shape[1:] for k in a):
+        raise BenchError(f"{who}: the saved statistics do not merge with B's (different names or shapes); "
+                         "summarise A again with this bench, extractor and parameters")
+
+
+def join_blocks(size_a: np.ndarray, of_b: np.ndarray, size_b: np.ndarray) -> Blocks:
+    """Blocks of a saved A (sizes only: its images are not at hand) followed by B's."""
+    return Blocks(np.concatenate([np.zeros(int(size_a.sum()), np.int64), of_b + len(size_a)]),
+                  np.concatenate([size_a, size_b]),
+                  np.r_[np.zeros(len(size_a), np.int64), np.ones(len(size_b), np.int64)])
+
+
+def permutation_weights(blocks: Blocks, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One permutation draw: blocks reassigned at random among blocks of their own size, each side
+    keeping its count of blocks of every size (so its number of images)."""
+    new_side = np.empty(blocks.count, dtype=np.int64)
+    for s in np.unique(blocks.size):
+        idx = np.flatnonzero(blocks.size == s)
+        new_side[idx] = blocks.side[idx][rng.permutation(len(idx))]
+    return (new_side == 0).astype(np.float64), (new_side == 1).astype(np.float64)
+
+
+def permutation_null(draws: Draws, n_draws: int, seed: int) -> np.ndarray:
+    """Scores of ``n_draws`` block permutations.
+
+    With one image per block the draws are the same permutations as :func:`brute_force_null`
+    (``rng.permutation(n)``, the first n_A to A), so the two p-values are equal (tested)."""
+    rng = np.random.default_rng([seed, 7])
+    b = draws.blocks
+    out = np.empty(n_draws)
+    singles = bool((b.size == 1).all())
+    for k in range(n_draws):
+        if singles:
+            perm = rng.permutation(b.count)
+            w_a = np.zeros(b.count)
+            w_a[perm[: b.n_a]] = 1.0
+            out[k] = draws.score(w_a, 1.0 - w_a)
+        else:
+            out[k] = draws.score(*permutation_weights(b, rng))
+    return out
+
+
+def bootstrap_weights(blocks: Blocks, rng: np.random.Generator, sides=(0, 1)) -> tuple[np.ndarray, np.ndarray]:
+    """One bootstrap resample: each side's blocks drawn with replacement within that side (a side
+    not in ``sides`` keeps its blocks once)."""
+    out = []
+    for s in (0, 1):
+        idx = np.flatnonzero(blocks.side == s)
+        w = np.zeros(blocks.count)
+        if s in sides:
+            np.add.at(w, idx[rng.integers(0, len(idx), len(idx))], 1.0)
+        else:
+            w[idx] = 1.0
+        out.append(w)
+    return out[0], out[1]
+
+
+def bootstrap(draws: Draws, reps: int, seed: int, sides=(0, 1)) -> np.ndarray:
+    """Scores of ``reps`` block-bootstrap resamples (each side within itself)."""
+    rng = np.random.default_rng([seed, 11])
+    return np.asarray([draws.score(*bootstrap_weights(draws.blocks, rng, sides)) for _ in range(reps)])
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    #: 2θ̂ − mean(θ*): the estimate with the resamples' bias moved back
+    bias_corrected: float
+    bootstrap_mean: float
+    reps: int
+    method: str = "basic bootstrap"
+
+
+def basic_interval(score: float, boot: np.ndarray, level: float = CI_LEVEL) -> Interval:
+    """The basic (centred) bootstrap interval [2θ̂ − q_hi, 2θ̂ − q_lo]; see the module docstring."""
+    boot = np.asarray(boot, dtype=np.float64)
+    alpha = (1.0 - level) / 2
+    q_lo, q_hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    return Interval(2 * score - q_hi, 2 * score - q_lo, 2 * score - float(boot.mean()), float(boot.mean()), len(boot))
+
+
+def percentile_interval(boot: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The percentile interval, kept for comparison in the coverage benchmark."""
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(np.asarray(boot, dtype=np.float64), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+def brute_force_null(score_fn: Callable[[np.ndarray, np.ndarray, int], float], n_a: int, n: int, n_draws: int,
+                     seed: int) -> np.ndarray:
+    """The null by recomputing the score on every permutation of A ∪ B: ``score_fn(rows_a, rows_b,
+    seed)``. The oracle for :func:`permutation_null`, and the null of comparators without draws."""
+    rng = np.random.default_rng([seed, 7])
+    out = np.empty(n_draws)
+    for k in range(n_draws):
+        perm = rng.permutation(n)
+        out[k] = score_fn(np.sort(perm[:n_a]), np.sort(perm[n_a:]), seed + k + 1)
+    return out
+
+
+def split_half_null(score_fn: Callable[[np.ndarray, np.ndarray, int], float], n_a: int, n: int, n_draws: int,
+                    seed: int) -> np.ndarray:
+    """Split halves of each side (for comparators that train, where many permutations cost too much)."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for k in range(n_draws):
+        for side in (np.arange(n_a), np.arange(n_a, n)):
+            perm = rng.permutation(side)
+            half = len(perm) // 2
+            out.append(score_fn(np.sort(perm[:half]), np.sort(perm[half:]), seed + k + 1))
+    return np.asarray(out)
+
+
+def brute_force_bootstrap(score_fn: Callable[[np.ndarray | None, np.ndarray, int], float], n_a: int | None, n_b: int,
+                          reps: int, seed: int) -> np.ndarray:
+    """Resamples (with replacement, each side within itself; ``n_a=None``: B only) scored from scratch."""
+    rng = np.random.default_rng([seed, 11])
+    out = []
+    for k in range(reps):
+        ia = None if n_a is None else np.sort(rng.integers(0, n_a, n_a))
+        ib = np.sort(rng.integers(0, n_b, n_b))
+        out.append(score_fn(ia, ib, seed + k + 1))
+    return np.asarray(out)
+
+
+# --------------------------------------------------------------------------- many tests
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error), as statsmodels' ``multipletests(method="holm")``."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate), as ``multipletests(method="fdr_bh")``."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    ranked = p[order] * m / np.arange(1, m + 1)
+    adj = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+def minimum_detectable_effect(null: np.ndarray, boot: np.ndarray | None, direction: float,
+                              alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest shift of the score above the null's typical value that this n would detect with
+    ``power``: the null's (1 − α) quantile plus the bootstrap's spread at ``power`` (a normal shift
+    model), minus the null's median. None without a bootstrap."""
+    if boot is None or len(boot) < 2 or len(null) < 2:
+        return None
+    null = direction * np.asarray(null, dtype=np.float64)
+    crit = float(np.quantile(null, 1 - alpha))
+    spread = float(np.std(boot, ddof=1))
+    from scipy.stats import norm
+
+    return max(0.0, crit + norm.ppf(power) * spread - float(np.median(null)))

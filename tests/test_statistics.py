@@ -1,0 +1,124 @@
+"""bench.statistics: block draws equal the brute force, p-values are uniform under no difference,
+the basic bootstrap interval covers a known truth, multiple-testing adjustments match their
+definitions. Simulations are small here; benchmarks/test_calibration_bench.py runs them at size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from bench import statistics as S
+from bench.baselines import (
+    FrechetDistance,
+    GramFrechetDraws,
+    frechet_distance,
+    frechet_distance_features,
+    gaussian_block_sums,
+)
+from bench.errors import BenchError
+
+
+def _fd_additive(x: np.ndarray, n_a: int, size: int, seed: int) -> S.AdditiveDraws:
+    blocks = S.make_blocks(n_a, len(x) - n_a, size, seed)
+    stats = gaussian_block_sums(x, blocks.of, blocks.count)
+    return S.AdditiveDraws(blocks, stats, lambda a, b: FrechetDistance().finalize(a, b, context={}))
+
+
+def test_blocks_keep_sizes_and_cover_every_image():
+    b = S.make_blocks(23, 17, 4, seed=1)
+    assert b.n_a == 23 and b.n_b == 17
+    assert np.array_equal(np.bincount(b.of), b.size)
+    assert set(b.size.tolist()) <= {4, 5}
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        wa, wb = S.permutation_weights(b, rng)
+        assert wa @ b.size == 23 and wb @ b.size == 17 and np.all(wa + wb == 1)
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_additive_fd_equals_the_direct_fd(size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 5))
+    draws = _fd_additive(x, 40, size, seed=0)
+    assert draws.observed() == pytest.approx(frechet_distance_features(x[:40], x[40:]), rel=1e-9)
+
+
+def test_gram_fd_equals_the_feature_route_for_weights():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 50)) + 3.0          # fewer images than dimensions, off-centre
+    blocks = S.make_blocks(12, 18, 1, 0)
+    draws = GramFrechetDraws(blocks, x)
+    assert draws.observed() == pytest.approx(frechet_distance_features(x[:12], x[12:]), rel=1e-10)
+    wa, wb = S.bootstrap_weights(blocks, np.random.default_rng(2))
+    ia, ib = np.repeat(np.arange(30), wa.astype(int)), np.repeat(np.arange(30), wb.astype(int))
+    assert draws.score(wa, wb) == pytest.approx(frechet_distance_features(x[ia], x[ib]), rel=1e-9)
+
+
+def test_single_image_blocks_give_the_brute_force_null_and_p():
+    """The oracle: with one image per block the block null is today's brute-force permutation null."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 3))
+    x[30:] += 0.3
+    draws = _fd_additive(x, 30, 1, seed=0)
+    null = S.permutation_null(draws, 99, seed=5)
+    brute = S.brute_force_null(lambda ia, ib, s: frechet_distance_features(x[ia], x[ib]), 30, 60, 99, seed=5)
+    np.testing.assert_allclose(null, brute, rtol=1e-9)
+    obs = draws.observed()
+    assert S.p_value(obs, null, 1.0) == S.p_value(obs, brute, 1.0)
+
+
+def test_block_permutation_p_values_are_uniform_under_no_difference():
+    """150 splits of one Gaussian sample, blocks of 3: share below 0.05 near 0.05 and KS not rejecting."""
+    rng = np.random.default_rng(4)
+    ps = []
+    for k in range(150):
+        x = rng.normal(size=(60, 3))
+        draws = _fd_additive(x, 30, 3, seed=k)
+        ps.append(S.p_value(draws.observed(), S.permutation_null(draws, 99, seed=k), 1.0))
+    ps = np.asarray(ps)
+    assert 0.0 <= (ps < 0.05).mean() <= 0.11
+    assert sps.kstest(ps, "uniform").pvalue > 0.001
+
+
+def test_block_permutation_has_power_against_a_shift():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(80, 3))
+    x[40:, 0] += 1.0
+    draws = _fd_additive(x, 40, 2, seed=0)
+    assert S.p_value(draws.observed(), S.permutation_null(draws, 199, seed=0), 1.0) < 0.01
+
+
+def test_basic_interval_covers_the_true_fd():
+    """Gaussian sides with a known FD: the basic interval covers it in 90-98 % of 200 repetitions;
+    the percentile interval, biased upward like the score, covers it far less often."""
+    rng = np.random.default_rng(6)
+    d, n = 3, 60
+    mu_b, scale_b = np.r_[0.5, 0.0, 0.0], 1.3
+    truth = frechet_distance(np.zeros(d), np.eye(d), mu_b, scale_b**2 * np.eye(d))
+    basic = percentile = 0
+    reps = 200
+    for k in range(reps):
+        x = np.concatenate([rng.normal(size=(n, d)), mu_b + scale_b * rng.normal(size=(n, d))])
+        draws = _fd_additive(x, n, 1, seed=k)
+        boot = S.bootstrap(draws, 200, seed=k)
+        ci = S.basic_interval(draws.observed(), boot)
+        basic += ci.low <= truth <= ci.high
+        lo, hi = S.percentile_interval(boot)
+        percentile += lo <= truth <= hi
+    assert 0.90 <= basic / reps <= 0.98
+    assert percentile < basic
+
+
+def test_holm_and_benjamini_hochberg_match_their_definitions():
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(S.holm(p), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(S.benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
+    assert S.holm(np.array([])).size == 0
+
+
+def test_draw_counts_are_bounded():
+    with pytest.raises(BenchError, match="--permutations must be from 1"):
+        S.check_draws(0, "--permutations", minimum=1)
+    with pytest.raises(BenchError, match="100,000"):
+        S.check_draws(10**9, "--permutations", minimum=1)
