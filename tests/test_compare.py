@@ -14,8 +14,8 @@ from scipy.stats import spearmanr
 from bench import plugins, summaryfile
 from bench.cli import main
 from bench.compare import CompareConfig, CompareRun, Side
-from bench.statistics import p_value
 from bench.runstore import RunStore
+from bench.statistics import p_value
 
 #: pixels keep CI fast and are a real extractor. Permutations per comparator: enough that p can
 #: fall below 0.01 (1 / (1 + draws)): 199 for the cheap ones (fd, multicut, wavelet's score-only
