@@ -1,0 +1,127 @@
+"""Hardening round 3 (issue 30), the harness's edges: run store paths and writes, plugins,
+leaderboard, report, the CLI's console, DNA ranges files, ProtoSim's resources.
+
+Each test is named after its problem id and fails on the code before the fix."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import records as R
+from bench.errors import BenchError
+from bench.runstore import RunStore, record_path, safe_name, save_npz_atomic, write_atomic
+
+
+def _record(**over) -> R.Record:
+    fields = {"method": R.MethodInfo(name="m", version="1"), "dataset": R.DatasetInfo(name="ds", revision="r", n=3),
+              "features": R.FeatureInfo(extractor="pixels"), "seed": 0, "config_hash": "abc"}
+    return R.Record(**{**fields, **over})
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- C1: paths stay inside
+
+
+UP = "/".join([".."] * 9)
+
+
+@pytest.mark.parametrize("hostile", [
+    {"dataset": R.DatasetInfo(name="A", revision="x/../../../../ESCAPED", n=3)},
+    {"dataset": R.DatasetInfo(name=f"{UP}/E", revision=f"{UP}/E", n=3)},
+    {"dataset_b": R.DatasetInfo(name="B", revision=f"{UP}/ESCAPED", n=3), "kind": "comparison"},
+    {"method": R.MethodInfo(name="m", version=f"{UP}/ESCAPED")},
+    {"config_hash": f"{UP}/ESCAPED"},
+    {"features": R.FeatureInfo(extractor="..", weights="x/../../", precision=f"{UP}/y")},
+])
+def test_c1_record_path_stays_inside_root(tmp_path, hostile):
+    root = tmp_path.joinpath(*["d"] * 24, "out")   # deep: even the unfixed code escapes only into tmp_path
+    store = RunStore(root)
+    rec = _record(**hostile)
+    path = store.save(rec)
+    store.save_artefacts(path, {"a": np.zeros(3), "note": "x"})
+    written = _files(tmp_path)
+    assert written and all(p.is_relative_to(root) for p in written), written
+    assert all(p.resolve().is_relative_to(root.resolve()) for p in written)
+    assert store.load().records[0].dataset.revision == rec.dataset.revision   # still read back
+    assert store.finished(rec) is not None   # resume finds it at the same sanitised path
+
+
+def test_c1_safe_name_keeps_ordinary_names_and_neutralises_the_rest():
+    assert safe_name("imagefolder:/a/b") == "imagefolder__a_b"   # unchanged mapping: old runs still resume
+    assert safe_name("synth-passnet") == "synth-passnet" and safe_name("0123abcd") == "0123abcd"
+    for bad in ("..", ".", "", "a/../..", "x\x00y"):
+        out = safe_name(bad)
+        assert out not in ("", ".", "..") and "/" not in out and "\x00" not in out
+    long = safe_name("n" * 1000)
+    assert len(long.encode()) <= 255 and long != safe_name("n" * 999)
+
+
+def test_c1_record_path_outside_root_is_refused(tmp_path, monkeypatch):
+    from bench import runstore
+
+    monkeypatch.setattr(runstore, "safe_name", lambda name: str(name))   # as before the fix
+    with pytest.raises(BenchError, match="outside"):
+        record_path(tmp_path / "out", _record(dataset=R.DatasetInfo(name="A", revision="x/../../../E", n=3)))
+
+
+# --------------------------------------------------------------------------- M11 / L10: a full disk
+
+
+@pytest.fixture
+def file_size_limit():
+    """The process may write files of at most 64 kB (``ulimit -f``; Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_m11_full_disk_during_save_npz_is_one_line_and_leaves_no_temp(tmp_path, file_size_limit):
+    arrays = {"x": np.random.default_rng(0).random(200_000)}   # ~1.6 MB, incompressible
+    with pytest.raises(BenchError, match=r"^disk full or file too large: cannot write .*k6\.bench"):
+        save_npz_atomic(tmp_path / "k6.bench", arrays)
+    assert os.listdir(tmp_path) == []
+
+
+def test_m11_full_disk_during_record_write_is_one_line_and_leaves_no_temp(tmp_path, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    store = RunStore(tmp_path / "out")
+    with pytest.raises(BenchError, match="^disk full or file too large: .*seed0.json"):
+        store.save(_record())
+    assert [p.name for p in _files(tmp_path)] == []
+
+
+def test_l10_failed_report_and_save_writes_leave_no_temp_file(tmp_path, file_size_limit):
+    with pytest.raises(BenchError, match="disk full or file too large"):
+        write_atomic(tmp_path / "report.html", "x" * 200_000)
+    with pytest.raises(BenchError, match="disk full or file too large"):
+        save_npz_atomic(tmp_path / "x.npz", {"a": np.random.default_rng(1).random(100_000)})
+    assert os.listdir(tmp_path) == []
+    # any other failure (here: interrupted) also removes the temp file, and re-raises as it was
+    with pytest.raises(KeyboardInterrupt):
+        save_npz_atomic(tmp_path / "y.npz", {"a": _Interrupting()})
+    assert os.listdir(tmp_path) == []
+
+
+class _Interrupting:
+    """An array-like whose conversion is interrupted mid-write (Ctrl-C while saving)."""
+
+    def __array__(self, *args, **kwargs):
+        raise KeyboardInterrupt
