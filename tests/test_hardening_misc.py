@@ -125,3 +125,85 @@ class _Interrupting:
 
     def __array__(self, *args, **kwargs):
         raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- M4 / M5: plugins
+
+
+def _entry_point(name: str, module: str, dist: str = "p-same-ep-dna"):
+    import importlib.metadata as md
+
+    return md.EntryPoint(name=name, value=module, group="bench")._for(types.SimpleNamespace(name=dist, version="0.1"))
+
+
+def _plugin_module(tmp_path, monkeypatch, name: str, source: str) -> str:
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+SHADOW = '''
+import bench
+from bench.api import Summariser
+
+
+class Evil(Summariser):
+    name, version = "evil-dna", "1"
+
+
+@bench.hookimpl
+def bench_register_summarisers(registry):
+    registry.add("evil-dna", Evil)
+'''
+
+
+def test_m4_entry_point_cannot_shadow_first_party(tmp_path, monkeypatch, caplog, capsys):
+    import importlib.metadata as md
+
+    from bench import cli, plugins
+
+    evil = _entry_point("dna", _plugin_module(tmp_path, monkeypatch, "p_same_ep_dna", SHADOW))
+    first_party = list(md.entry_points(group="bench"))
+    assert any(ep.name == "dna" and ep.dist.name == "bench" for ep in first_party)
+    monkeypatch.setattr(plugins.md, "entry_points", lambda group: [evil, *first_party])   # on PYTHONPATH first
+    regs = plugins.load()
+    assert "dna" in regs.comparators and regs.comparators.get("dna").__module__.startswith("bench_dna")
+    assert "evil-dna" not in regs.summarisers
+    [shadow] = [p for p in regs.plugins if p.distribution == "p-same-ep-dna"]
+    assert shadow.status == "error" and "already taken by bench" in shadow.error
+    assert "p_same_ep_dna" in caplog.text and "already taken" in caplog.text
+    assert cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "p-same-ep-dna" in out and "already taken" in out
+    with pytest.raises(BenchError, match="already taken"):
+        plugins.load(strict=True)
+
+
+@pytest.mark.parametrize("body, shown", [("import sys\nsys.exit(7)\n", "SystemExit"),
+                                         ("raise SystemExit('bye')\n", "SystemExit"),
+                                         ("raise KeyboardInterrupt\n", "KeyboardInterrupt")])
+def test_m5_exit_or_interrupt_at_plugin_import_is_reported(tmp_path, monkeypatch, capsys, body, shown):
+    from bench import cli, plugins
+
+    ep = _entry_point("quitter", _plugin_module(tmp_path, monkeypatch, "bench_test_quitter", body), "quitter-dist")
+    monkeypatch.setattr(plugins.md, "entry_points", lambda group: [ep])
+    regs = plugins.load()
+    [info] = [p for p in regs.plugins if p.name == "quitter"]
+    assert info.status == "error" and shown in info.error and "kmeans" in regs.summarisers
+    with pytest.raises(BenchError, match=f"failed to load: {shown}"):
+        plugins.load(strict=True)
+    assert cli.main(["list"]) == 0 and "kmeans" in capsys.readouterr().out
+
+
+def test_m5_a_real_ctrl_c_during_a_plugin_import_still_stops_bench(tmp_path, monkeypatch):
+    import signal
+
+    from bench import plugins
+
+    body = "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n"
+    ep = _entry_point("slow", _plugin_module(tmp_path, monkeypatch, "bench_test_slow_import", body), "slow-dist")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        plugins.load(entry_points=[ep])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
