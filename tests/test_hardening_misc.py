@@ -207,3 +207,142 @@ def test_m5_a_real_ctrl_c_during_a_plugin_import_still_stops_bench(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         plugins.load(entry_points=[ep])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --------------------------------------------------------------------------- M7: DNA ranges files
+
+
+def _ranges_file(tmp_path, content) -> str:
+    path = tmp_path / "ranges.json"
+    path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
+    return str(path)
+
+
+GOOD_RANGES = {"mins_per_neuron": {"pooled": [0.0, -1.0]}, "maxs_per_neuron": {"pooled": [1.0, 2.0]}}
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    ({"mins_per_neuron": {"pooled": ["a", "b"]}, "maxs_per_neuron": {"pooled": [1, 2]}}, "holds a string 'a'"),
+    ({"mins_per_neuron": {"pooled": {"x": 0.0}}, "maxs_per_neuron": {"pooled": {"x": 1.0}}}, "non-integer neuron"),
+    ({"mins_per_neuron": {"pooled": {"0": 0.0, "2": 1}}, "maxs_per_neuron": {"pooled": {"0": 1, "1": 2}}}, "gaps"),
+    ({"bench": "x"}, "'bench' must be"),
+    ([1, 2, 3], "expected a JSON object"),
+    ({"mins_per_neuron": [0.0], "maxs_per_neuron": [1.0]}, "must be an object of layer"),
+    ({"mins_per_neuron": {"pooled": [[0.0, 1.0]]}, "maxs_per_neuron": {"pooled": [[1.0, 2.0]]}}, "holds a list"),
+    ({"mins_per_neuron": {"pooled": 0.5}, "maxs_per_neuron": {"pooled": 1.5}}, "must be a non-empty list"),
+    ({"mins_per_neuron": {"pooled": [0.0]}, "maxs_per_neuron": {"pooled": [1.0, 2.0]}}, "1 minima but 2 maxima"),
+    ({"mins_per_neuron": {"pooled": [0.0]}, "maxs_per_neuron": {"other": [1.0]}}, "cover layers"),
+    ({"mins_per_neuron": {"pooled": [-1e308]}, "maxs_per_neuron": {"pooled": [1e308]}}, "too large to bin"),
+    (b'{"mins_per_neuron": {"pooled": [NaN]}, "maxs_per_neuron": {"pooled": [1]}}', "NaN or infinite"),
+    (b'{"mins_per_neuron": {"pooled": [0]}, "maxs_per_neuron": {"pooled": [Infinity]}}', "NaN or infinite"),
+    ({"mins_per_neuron": {"pooled": [5.0, 0.0]}, "maxs_per_neuron": {"pooled": [1.0, 1.0]}}, "1 neurons whose min"),
+    ({"mins_per_neuron": {"pooled": [0]}, "maxs_per_neuron": {"pooled": [10 ** 400]}}, "too large for a float"),
+    ({**GOOD_RANGES, "range_scale": "big"}, "range_scale"),
+])
+def test_m7_malformed_ranges_file_is_one_line(tmp_path, content, says):
+    from bench_dna.histogram import Ranges
+
+    from bench.errors import DataError
+
+    path = _ranges_file(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        Ranges.load(path)
+    msg = str(err.value)
+    assert says in msg and "\n" not in msg and msg.startswith("dna: ")
+
+
+def test_m7_ranges_folder_and_good_files(tmp_path):
+    from bench_dna.histogram import Ranges
+
+    from bench.errors import DataError
+
+    with pytest.raises(DataError, match="is a folder"):
+        Ranges.load(str(tmp_path))
+    ours = Ranges.load(_ranges_file(tmp_path, GOOD_RANGES))
+    assert ours.mins["pooled"].tolist() == [0.0, -1.0] and ours.mode == "zero"
+    vdna = {"mins_per_neuron": {"l": {"1": 0.5, "0": -1}}, "maxs_per_neuron": {"l": {"0": 1, "1": 0.5}}}
+    assert Ranges.load(_ranges_file(tmp_path, vdna)).mins["l"].tolist() == [-1.0, 0.5]   # min == max is fine
+    saved = {"bench": {"ranges": ours.to_json()}}
+    assert Ranges.load(_ranges_file(tmp_path, saved)).digest() == ours.digest()
+
+
+# --------------------------------------------------------------------------- H3 / M12: ProtoSim folders
+
+
+def _protosim_view(n: int = 24):
+    """A tiny two-group view through a seeded 2-block ViT (patch 8 on 16-px images): seconds to train."""
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    from bench.api import DataView
+    from bench.extractors.base import Extractor
+    from bench.features import FeatureStore
+    from bench.testing import make_tiny_source
+
+    class TinyViT(Extractor):
+        name, has_tokens = "test-tiny-vit", True
+
+        def __init__(self):
+            super().__init__(weights=None, device="cpu")
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self.model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8,
+                                               embed_dim=24, depth=1, num_heads=2, num_classes=0,
+                                               dynamic_img_size=True).eval()
+            self.data_config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+        def preprocess(self, images):
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+            return (F.interpolate(x, size=(16, 16), mode="bilinear") - 0.5) / 0.5
+
+        @torch.no_grad()
+        def tokens(self, batch):
+            return self.model.forward_features(batch)
+
+        def forward(self, batch, layers=("pooled",)):
+            t = self.tokens(batch)
+            return {layer: t[:, 0] if layer == "pooled" else t for layer in layers}
+
+        def cache_key(self):
+            return {"name": self.name}
+
+    return DataView(make_tiny_source(n, size=16), TinyViT(), FeatureStore(None), batch_size=n)
+
+
+PROTOSIM_TINY = dict(n_prototypes=16, epochs=1, hard_epoch=1, batch_size=8, lr=5e-4, out_dim=16, head_hidden_dim=16,
+                     head_bottleneck_dim=8, global_crop_size=16, local_crop_size=8, n_local_crops=1,
+                     n_figure_prototypes=0, amp=False)
+
+
+def test_h3_one_checkpoint_dir_for_both_protosim_roles(tmp_path):
+    import torch
+    from bench_protosim.method import ProtoSim, ProtoSimComparator
+
+    torch.set_num_threads(1)
+    view = _protosim_view()
+    ckpt = tmp_path / "ckpt"   # as `--set protosim.checkpoint_dir=ckpt` gives it to both roles
+    ProtoSim(**PROTOSIM_TINY, checkpoint_dir=str(ckpt)).fit(view, seed=0)
+    comp = ProtoSimComparator(**PROTOSIM_TINY, checkpoint_dir=str(ckpt))
+    half = len(view) // 2
+    a, b = view.subset(np.arange(half)), view.subset(np.arange(half, len(view)))
+    first = comp.compare(a, b, seed=0).score
+    null = comp.compare(view.subset(np.arange(0, len(view), 2)), view.subset(np.arange(1, len(view), 2)), seed=0)
+    assert np.isfinite(first) and np.isfinite(null.score)
+    folders = sorted(p.name for p in ckpt.iterdir())
+    assert len(folders) == 3 and sum(f.startswith("summariser-") for f in folders) == 1, folders
+    assert all((ckpt / f / "checkpoint.safetensors").is_file() for f in folders)
+    assert comp.compare(a, b, seed=0).score == first   # resumed from its own finished checkpoint
+
+
+def test_m12_checkpoint_dir_that_is_a_file_is_refused_before_any_work(tmp_path):
+    from bench import plugins
+    from bench.factory import create_method, parse_setting, resolve_settings
+
+    (tmp_path / "ckpt").write_text("not a folder")
+    regs = plugins.load()
+    for text in (f"protosim.checkpoint_dir={tmp_path / 'ckpt'}", f"protosim.figures_dir={tmp_path / 'ckpt' / 'x'}"):
+        params = resolve_settings(regs, [parse_setting(text)], ["protosim"])["protosim"]
+        with pytest.raises(BenchError, match=r"protosim: (checkpoint|figures)_dir .* is a file"):
+            create_method(regs, "protosim", params=params)
