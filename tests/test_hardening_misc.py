@@ -346,3 +346,33 @@ def test_m12_checkpoint_dir_that_is_a_file_is_refused_before_any_work(tmp_path):
         params = resolve_settings(regs, [parse_setting(text)], ["protosim"])["protosim"]
         with pytest.raises(BenchError, match=r"protosim: (checkpoint|figures)_dir .* is a file"):
             create_method(regs, "protosim", params=params)
+
+
+# --------------------------------------------------------------------------- L2 / L4: the CLI's console
+
+
+@pytest.mark.parametrize("value", ["bogus", "-1x", "WARNING!"])
+def test_l2_bad_bench_log_is_one_line(monkeypatch, capsys, value):
+    from bench import cli
+
+    monkeypatch.setenv("BENCH_LOG", value)
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: BENCH_LOG=") and "is not a log level" in err and err.count("\n") == 1
+
+
+def test_l2_bench_log_accepts_any_case_and_numbers(monkeypatch):
+    from bench import cli
+
+    assert [cli._log_level(v) for v in ("debug", "Info", "WARNING", "20", " error ")] == [10, 20, 30, 20, 40]
+
+
+def test_l4_emoji_shortcodes_are_printed_as_written(tmp_path, capsys):
+    from bench import cli
+
+    folder = tmp_path / ":x: :smile: root:x:0:0"
+    assert cli.main(["leaderboard", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert ":x: :smile: root:x:0:0" in err and "❌" not in err and "😄" not in err
+    cli.console.print(f"[bold]{cli.escape(':thumbs_up:')}[/]")
+    assert capsys.readouterr().out.strip() == ":thumbs_up:"
