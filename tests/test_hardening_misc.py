@@ -376,3 +376,67 @@ def test_l4_emoji_shortcodes_are_printed_as_written(tmp_path, capsys):
     assert ":x: :smile: root:x:0:0" in err and "❌" not in err and "😄" not in err
     cli.console.print(f"[bold]{cli.escape(':thumbs_up:')}[/]")
     assert capsys.readouterr().out.strip() == ":thumbs_up:"
+
+
+# --------------------------------------------------------------------------- L3 / L5 / L22: the leaderboard
+
+
+def _cell_record(seed: int, value, **over) -> R.Record:
+    rec = _record(seed=seed, metrics={"nmi": R.Metric(value=value, higher_is_better=True)}, **over)
+    rec.comparability_key = "k" * 16
+    return rec
+
+
+def test_l3_unreadable_records_do_not_wipe_an_existing_leaderboard(tmp_path, capsys):
+    from bench import cli
+
+    results, board = tmp_path / "res", tmp_path / "board"
+    RunStore(results).save(_cell_record(0, 0.5))
+    assert cli.main(["leaderboard", str(results), "-o", str(board)]) == 0
+    before = {p.name: p.read_bytes() for p in board.iterdir()}
+    assert "ds.md" in before
+    for rec in results.rglob("seed*.json"):
+        rec.write_text("{ not json")
+    capsys.readouterr()
+    assert cli.main(["leaderboard", str(results), "-o", str(board)]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 records" in err and "nothing written" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in board.iterdir()} == before
+
+
+def test_l5_html_in_class_names_is_escaped_in_leaderboard_markdown(tmp_path):
+    from bench import leaderboard
+
+    evil = "<img src=x onerror=alert(1)>"
+    rec = _cell_record(0, 0.5, dataset=R.DatasetInfo(name=f"ds{evil}", revision="r`<b>`", n=3),
+                       tables={"classes": [{"class": evil, "n": 3}, {"class": "a|b\nc & d", "n": 1}]})
+    rec.status, rec.error = "ok", None
+    bad = _cell_record(1, None, status="error", error=f"class {evil} failed", dataset=rec.dataset)
+    bad.method.name = "m2"
+    files = leaderboard.build([rec, bad])
+    [page] = [text for name, text in files.items() if name.endswith(".md") and name != "README.md"]
+    assert "## Failed cells" in page and "## Method tables" in page
+    for text in (page, files["README.md"]):
+        assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "a/b c &amp; d" in page   # one table row, no raw ampersand
+    html_page = leaderboard.to_html(leaderboard.aggregate([rec, bad])[0])
+    assert "<img" not in html_page and "&amp;lt;" not in html_page   # HTML escapes once, from the raw text
+
+
+def test_l22_a_nan_metric_in_one_record_does_not_blank_the_row(tmp_path):
+    from bench import leaderboard
+
+    store = RunStore(tmp_path)
+    for seed, value in ((0, 0.5), (1, 0.7)):
+        store.save(_cell_record(seed, value))
+    crafted = next(tmp_path.rglob("seed1.json"))
+    crafted.write_text(crafted.read_text().replace('"value": 0.7', '"value": "NaN"'))
+    store.save(_cell_record(2, 0.9))
+    loaded = store.load()
+    assert len(loaded.records) == 3 and any(np.isnan(r.metrics["nmi"].value) for r in loaded.records)
+    [row] = leaderboard.aggregate(loaded.records)[0].rows
+    value = row.metrics["nmi"]
+    assert value.mean == pytest.approx(0.7) and value.n == 2 and value.skipped == 1
+    assert "0.700 ± 0.283 (1 non-finite skipped)" in leaderboard.to_markdown(leaderboard.aggregate(loaded.records)[0])
+    missing = leaderboard._mean_std([0.5, None])   # a missing value still blanks: no silent partial mean
+    assert missing.mean is None and missing.text() == ""
