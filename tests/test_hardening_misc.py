@@ -440,3 +440,33 @@ def test_l22_a_nan_metric_in_one_record_does_not_blank_the_row(tmp_path):
     assert "0.700 ± 0.283 (1 non-finite skipped)" in leaderboard.to_markdown(leaderboard.aggregate(loaded.records)[0])
     missing = leaderboard._mean_std([0.5, None])   # a missing value still blanks: no silent partial mean
     assert missing.mean is None and missing.text() == ""
+
+
+# --------------------------------------------------------------------------- L21: report figures
+
+
+def test_l21_report_embeds_only_pngs_inside_the_run_dir(tmp_path):
+    from bench_protosim.report import protosim_section
+    from PIL import Image
+
+    from bench.reporting import RunData
+
+    root = tmp_path / "run"
+    store = RunStore(root)
+    path = store.save(_record(method=R.MethodInfo(name="protosim", version="1", roles=["summariser"])))
+    Image.new("RGB", (4, 4), "red").save(path.parent / "inside.png")
+    Image.new("RGB", (4, 4), "blue").save(tmp_path / "outside.png")
+    (path.parent / "fake.png").write_text("not a png")
+    (path.parent / "link.png").symlink_to(tmp_path / "outside.png")
+    figures = ["/etc/passwd", str(tmp_path / "outside.png"), "../../../../../outside.png", "link.png", "fake.png",
+               42, "inside.png", "gone.png"]
+    store.save_artefacts(path, {"figures": figures, "top_images": {}})
+    sec = protosim_section(RunData.load(root))
+    assert sec.html.count("<img") == 1 and "inside: top images" in sec.html
+    notes = " ".join(sec.notes)
+    assert notes.count("lies outside the run directory") == 4   # /etc/passwd, outside.png twice, the symlink
+    assert "fake.png is not a PNG file" in notes and "42 is not a file name" in notes and "gone.png is missing" in notes
+    crafted = path.with_name("seed0.artefacts.json")
+    crafted.write_text(json.dumps({"figures": "/etc/passwd"}))
+    sec = protosim_section(RunData.load(root))
+    assert "<img" not in sec.html and any("not a list of files" in n for n in sec.notes)
