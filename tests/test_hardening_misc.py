@@ -470,3 +470,18 @@ def test_l21_report_embeds_only_pngs_inside_the_run_dir(tmp_path):
     crafted.write_text(json.dumps({"figures": "/etc/passwd"}))
     sec = protosim_section(RunData.load(root))
     assert "<img" not in sec.html and any("not a list of files" in n for n in sec.notes)
+
+
+def test_m7_bad_ranges_file_is_refused_before_any_work(tmp_path):
+    from bench import plugins
+    from bench.errors import DataError
+    from bench.factory import create_method, parse_setting, resolve_settings
+
+    regs = plugins.load()
+    bad = _ranges_file(tmp_path, {"mins_per_neuron": {"pooled": [5.0]}, "maxs_per_neuron": {"pooled": [1.0]}})
+    params = resolve_settings(regs, [parse_setting(f"dna.ranges={bad}")], ["dna"])["dna"]
+    assert set(params) == {"summariser", "comparator"}
+    with pytest.raises(DataError, match="minimum is above their maximum"):
+        create_method(regs, "dna", params=params)
+    good = _ranges_file(tmp_path, GOOD_RANGES)
+    assert set(create_method(regs, "dna", params={r: {"ranges": good} for r in params})) == set(params)
