@@ -234,6 +234,7 @@ GOOD_RANGES = {"mins_per_neuron": {"pooled": [0.0, -1.0]}, "maxs_per_neuron": {"
     ({"mins_per_neuron": {"pooled": [0.0]}, "maxs_per_neuron": {"pooled": [1.0, 2.0]}}, "1 minima but 2 maxima"),
     ({"mins_per_neuron": {"pooled": [0.0]}, "maxs_per_neuron": {"other": [1.0]}}, "cover layers"),
     ({"mins_per_neuron": {"pooled": [-1e308]}, "maxs_per_neuron": {"pooled": [1e308]}}, "too large to bin"),
+    ({"mins_per_neuron": {"pooled": [1e308]}, "maxs_per_neuron": {"pooled": [1e308]}}, "too large to bin"),
     (b'{"mins_per_neuron": {"pooled": [NaN]}, "maxs_per_neuron": {"pooled": [1]}}', "NaN or infinite"),
     (b'{"mins_per_neuron": {"pooled": [0]}, "maxs_per_neuron": {"pooled": [Infinity]}}', "NaN or infinite"),
     ({"mins_per_neuron": {"pooled": [5.0, 0.0]}, "maxs_per_neuron": {"pooled": [1.0, 1.0]}}, "1 neurons whose min"),

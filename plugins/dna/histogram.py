@@ -197,7 +197,7 @@ class Ranges:
         for k in ranges.layers:   # ±1e308 is finite, but not once widened
             a, b = ranges.bounds(k)
             with np.errstate(over="ignore", invalid="ignore"):
-                ok = np.isfinite(a).all() and np.isfinite(b).all() and np.isfinite((b - a) / 2).all()
+                ok = all(np.isfinite(v).all() for v in (a, b, b - a, a + b))   # μ, σ, bin width
             if not ok:
                 raise bad(f"layer {k!r} has values too large to bin (beyond ±1e307 once widened)")
         return ranges
