@@ -320,11 +320,10 @@ PROTOSIM_TINY = dict(n_prototypes=16, epochs=1, hard_epoch=1, batch_size=8, lr=5
                      n_figure_prototypes=0, amp=False)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_h3_one_checkpoint_dir_for_both_protosim_roles(tmp_path):
-    import torch
     from bench_protosim.method import ProtoSim, ProtoSimComparator
 
-    torch.set_num_threads(1)
     view = _protosim_view()
     ckpt = tmp_path / "ckpt"   # as `--set protosim.checkpoint_dir=ckpt` gives it to both roles
     ProtoSim(**PROTOSIM_TINY, checkpoint_dir=str(ckpt)).fit(view, seed=0)
