@@ -31,7 +31,7 @@ RECORD_NAME = re.compile(r"seed-?\d+\.json")
 ERROR_NAME = re.compile(r"seed-?\d+\.error\.json")
 
 
-#: characters that end or break a path component (the separator, NUL) or read as a URL scheme
+#: characters that end or break a path component (the separator, NUL), and ':' as always
 _UNSAFE = re.compile(r"[/:\x00]")
 #: longer components (in bytes) are shortened with a hash: file systems stop at 255, so only a
 #: name that could never be written changes
@@ -133,7 +133,8 @@ def record_dir(root: Path, record: Record) -> Path:
         data = f"{data}--{safe_name(record.dataset_b.name)}@{safe_name(record.dataset_b.revision)}"
         base = base / "compare"
     method = f"{safe_name(record.method.name)}@{safe_name(record.method.version)}"
-    return inside(root, base / safe_name(data) / safe_name(features) / method / safe_name(record.config_hash))
+    return inside(root, base / safe_name(data) / safe_name(features) / safe_name(method)
+                  / safe_name(record.config_hash))
 
 
 def record_path(root: Path, record: Record) -> Path:
