@@ -237,7 +237,7 @@ def to_csv(boards: list[DatasetBoard]) -> str:
             for kind, values in (("metric", r.metrics), ("statistic", r.statistics)):
                 for name, v in values.items():
                     if v.mean is not None:
-                        writer.writerow([*head, kind, name, f"{v.mean:.6g}", f"{v.std:.6g}", len(r.seeds)])
+                        writer.writerow([*head, kind, name, f"{v.mean:.6g}", f"{v.std:.6g}", v.n])
     return buf.getvalue()
 
 

@@ -441,6 +441,7 @@ def test_l22_a_nan_metric_in_one_record_does_not_blank_the_row(tmp_path):
     value = row.metrics["nmi"]
     assert value.mean == pytest.approx(0.7) and value.n == 2 and value.skipped == 1
     assert "0.700 ± 0.283 (1 non-finite skipped)" in leaderboard.to_markdown(leaderboard.aggregate(loaded.records)[0])
+    assert ",nmi,0.7,0.282843,2\n" in leaderboard.to_csv(leaderboard.aggregate(loaded.records))   # n: the values used
     missing = leaderboard._mean_std([0.5, None])   # a missing value still blanks: no silent partial mean
     assert missing.mean is None and missing.text() == ""
 
