@@ -29,10 +29,11 @@ from bench.errors import BenchError
 
 
 def _console(stderr: bool) -> Console:
-    """Rich console; when piped (CI logs, files) use a wide fixed width so tables stay readable."""
+    """Rich console; when piped (CI logs, files) use a wide fixed width so tables stay readable.
+    No emoji shortcodes: a folder named ``:x:`` or a quoted ``root:x:0:0`` must print as written."""
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, width=160 if piped else None, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, width=160 if piped else None, soft_wrap=True, emoji=False)
 
 
 console = _console(stderr=False)
@@ -209,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:   # argparse's one-line error (exit 2), --help or --version (0)
         return int(exc.code or 0)
     args.argv = argv
-    logging.basicConfig(level=os.environ.get("BENCH_LOG", "WARNING"))
+    level = _log_level(os.environ.get("BENCH_LOG") or "WARNING")
+    if level is None:
+        err_console.print(f"[bold red]error:[/] BENCH_LOG={escape(repr(os.environ['BENCH_LOG']))} is not a log "
+                          "level; use DEBUG, INFO, WARNING, ERROR or CRITICAL (or unset it)")
+        return 2
+    logging.basicConfig(level=level)
     if args.command is None:
         parser.print_help()
         return 0
@@ -221,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("[bold yellow]interrupted:[/] finished cells are saved; rerun with --resume to continue")
         return 130
+
+
+def _log_level(text: str) -> int | None:
+    """``BENCH_LOG`` as a logging level (a name in any case, or a number), None when it is neither."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    level = logging.getLevelName(text.upper())
+    return level if isinstance(level, int) else None
 
 
 def _regs(args):

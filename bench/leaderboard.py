@@ -18,7 +18,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
+from bench.errors import BenchError
 from bench.metrics import HIGHER_IS_BETTER, METRICS_VERSION, metric_order
 from bench.records import Record
 from bench.runstore import RunStore, safe_name, write_atomic
@@ -26,16 +28,19 @@ from bench.runstore import RunStore, safe_name, write_atomic
 
 @dataclass
 class Value:
-    """A mean ± sample std over the seeds of a row (None when any seed lacks it)."""
+    """A mean ± sample std over the seeds of a row (None when any seed lacks it); ``skipped``
+    counts non-finite values (only a hand-edited record has them), left out and said so."""
 
     mean: float | None
     std: float | None
     n: int
+    skipped: int = 0
 
     def text(self, *, spread: bool = True) -> str:
+        note = f" ({self.skipped} non-finite skipped)" if self.skipped else ""
         if self.mean is None:
-            return ""
-        return f"{self.mean:.3f} ± {self.std:.3f}" if spread and self.n > 1 else f"{self.mean:.3f}"
+            return note.strip()
+        return (f"{self.mean:.3f} ± {self.std:.3f}" if spread and self.n > 1 else f"{self.mean:.3f}") + note
 
 
 @dataclass
@@ -75,11 +80,17 @@ class DatasetBoard:
 
 
 def _mean_std(values: list[float | None]) -> Value:
-    if not values or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+    """Mean ± std of the seeds' values: a missing one blanks the cell (no silent partial mean), a
+    non-finite one (a crafted ``"NaN"``) is skipped and counted, so one bad file cannot blank a row."""
+    if not values or any(v is None for v in values):
         return Value(None, None, len(values))
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return Value(mean, std, len(values))
+    finite = [float(v) for v in values if math.isfinite(v)]
+    skipped = len(values) - len(finite)
+    if not finite:
+        return Value(None, None, 0, skipped)
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+    return Value(mean, std, len(finite), skipped)
 
 
 def aggregate(records: list[Record]) -> list[DatasetBoard]:
@@ -140,9 +151,23 @@ def _cell(value) -> str:
     return str(value)
 
 
+def _md(text: str) -> str:
+    """Text from records (class names, errors, dataset names) safe in Markdown: ``<``, ``>`` and
+    ``&`` escaped outside `code` spans (inside one they show as written), so a crafted name never
+    becomes HTML on a page that renders it; an odd backtick count escapes everything."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:
+        return html.escape(str(text), quote=False)
+    return "`".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+
+
+def _md_cell(text: str) -> str:
+    return _md(text).replace("|", "/").replace("\r", " ").replace("\n", " ")
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -178,13 +203,17 @@ def _intro(board: DatasetBoard) -> str:
             + ".")
 
 
+def _md_line(text: str) -> str:
+    return _md(text).replace("\r", " ").replace("\n", " ")
+
+
 def to_markdown(board: DatasetBoard) -> str:
-    parts = [f"# {board.name}", "", _intro(board), "",
+    parts = [f"# {_md_line(board.name)}", "", _md_line(_intro(board)), "",
              _md_table(_main_header(board), [_main_cells(board, r) for r in board.rows])]
-    stats = [f"### {r.method}{_variant(board, r)} / {r.extractor}\n\n"
+    stats = [f"### {_md_line(f'{r.method}{_variant(board, r)} / {r.extractor}')}\n\n"
              + _md_table(["statistic", "value"], [[s, v.text()] for s, v in r.statistics.items()])
              for r in board.rows if r.statistics]
-    tables = [f"### {r.method}{_variant(board, r)} / {r.extractor}: {name} (seed {r.table_seed})\n\n"
+    tables = [f"### {_md_line(f'{r.method}{_variant(board, r)} / {r.extractor}: {name} (seed {r.table_seed})')}\n\n"
               + _md_table(list(trows[0]), [[_cell(tr.get(c)) for c in trows[0]] for tr in trows])
               for r in board.rows for name, trows in r.tables.items()]
     if stats:
@@ -192,7 +221,7 @@ def to_markdown(board: DatasetBoard) -> str:
     if tables:
         parts += ["", "## Method tables", "", "\n\n".join(tables)]
     if board.errors:
-        parts += ["", "## Failed cells", ""] + [f"- {e}" for e in board.errors]
+        parts += ["", "## Failed cells", ""] + [f"- {_md_line(e)}" for e in board.errors]
     return "\n".join(parts) + "\n"
 
 
@@ -208,7 +237,7 @@ def to_csv(boards: list[DatasetBoard]) -> str:
             for kind, values in (("metric", r.metrics), ("statistic", r.statistics)):
                 for name, v in values.items():
                     if v.mean is not None:
-                        writer.writerow([*head, kind, name, f"{v.mean:.6g}", f"{v.std:.6g}", len(r.seeds)])
+                        writer.writerow([*head, kind, name, f"{v.mean:.6g}", f"{v.std:.6g}", v.n])
     return buf.getvalue()
 
 
@@ -256,7 +285,8 @@ def build(records: list[Record]) -> dict[str, str]:
     files = {f"{b.stem}.md": to_markdown(b) for b in boards}
     index = ["# Leaderboards", "", "Generated by `bench leaderboard` from stored records; do not edit by hand.", "",
              "| dataset | revision | rows |", "|---|---|---|"]
-    index += [f"| [{b.name}]({b.stem}.md) | `{b.revision}` | {len(b.rows)} |" for b in boards]
+    index += [f"| [{_md_cell(b.name)}]({quote(b.stem)}.md) | {_md_cell(f'`{b.revision}`')} | {len(b.rows)} |"
+              for b in boards]
     files["README.md"] = "\n".join(index) + "\n"
     files["results.csv"] = to_csv(boards)
     return files
@@ -266,8 +296,13 @@ def write(results_dir: Path, out_dir: Path) -> tuple[list[Path], list[str]]:
     """Regenerate ``out_dir`` from the records under ``results_dir``: (files written, unreadable records).
 
     Pages of datasets that no longer have records are removed (only ``*.md`` pages this function
-    writes, never other files), so the folder always shows exactly the records."""
+    writes, never other files), so the folder always shows exactly the records. With no readable
+    record at all nothing is touched: a folder of corrupt files must not wipe an existing leaderboard."""
     loaded = RunStore(results_dir).load()
+    if not loaded.records:
+        why = (f"none of the {len(loaded.problems)} records under {str(results_dir)!r} can be read "
+               f"({loaded.problems[0]})" if loaded.problems else f"no run records under {str(results_dir)!r}")
+        raise BenchError(f"{why}; nothing written to {str(out_dir)!r}")
     files = build(loaded.records)
     out_dir = Path(out_dir)
     if out_dir.is_dir():

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
+import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 
 import pluggy
@@ -18,7 +21,11 @@ from bench import hookspecs
 from bench.errors import BenchError
 from bench.registry import Registry
 
+log = logging.getLogger(__name__)
+
 ENTRY_POINT_GROUP = "bench"
+#: the distribution whose entry points are first-party (``plugins/``): they load before any other
+FIRST_PARTY = "bench"
 #: harness modules registered like any plugin (pytest's default_plugins)
 BUILTIN_PLUGINS = ("bench.datasets.builtin", "bench.extractors.builtin", "bench.baselines", "bench.report_core")
 
@@ -66,27 +73,38 @@ def load(strict: bool = False, entry_points: list[md.EntryPoint] | None = None) 
 
     disabled = {s.strip() for s in os.environ.get("BENCH_DISABLE_PLUGINS", "").split(",") if s.strip()}
     eps = entry_points if entry_points is not None else list(md.entry_points(group=ENTRY_POINT_GROUP))
-    for ep in sorted(eps, key=lambda e: e.name):
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.name if dist is not None else "?"
-        dist_version = dist.version if dist is not None else "?"
+    taken: dict[str, tuple[str, str]] = {}   # entry-point name → (distribution, value) that holds it
+    # first-party entry points first, so a third-party one can never take their names
+    for ep in sorted(eps, key=lambda e: (_dist_of(e)[0] != FIRST_PARTY, e.name)):
+        dist_name, dist_version = _dist_of(ep)
         if ep.name in disabled:
             infos.append(PluginInfo(ep.name, dist_name, dist_version, "disabled"))
             continue
-        if pm.has_plugin(ep.name):
+        if ep.name in taken or pm.has_plugin(ep.name):
+            holder = taken.get(ep.name, ("bench", ep.name))
+            if holder == (dist_name, ep.value):   # the same entry point seen twice (one distribution on two paths)
+                continue
+            error = (f"entry point name {ep.name!r} is already taken by {holder[0]} ({holder[1]}); "
+                     f"this one ({ep.value}) is skipped")
+            if strict:
+                raise BenchError(f"plugin {ep.name!r} ({dist_name} {dist_version}): {error}")
+            log.warning("plugin %r of %s %s not loaded: %s", ep.name, dist_name, dist_version, error)
+            infos.append(PluginInfo(ep.name, dist_name, dist_version, "error", error=error))
             continue
+        taken[ep.name] = (dist_name, ep.value)
         try:
-            plugin = ep.load()
+            plugin = _load_entry_point(ep)
             pm.register(plugin, name=ep.name)
             pm.check_pending()
-        except Exception as exc:  # a third-party plugin may fail in any way
+        except _CtrlC:
+            raise KeyboardInterrupt from None
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a third-party plugin may fail in any way
             if pm.has_plugin(ep.name):
                 pm.unregister(name=ep.name)
             if strict:
                 raise BenchError(f"plugin {ep.name!r} ({dist_name} {dist_version}) failed to load: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-            infos.append(PluginInfo(ep.name, dist_name, dist_version, "error",
-                                    error=f"{type(exc).__name__}: {exc}".splitlines()[0]))
+                                 f"{_describe(exc)}") from exc
+            infos.append(PluginInfo(ep.name, dist_name, dist_version, "error", error=_describe(exc).splitlines()[0]))
             continue
         infos.append(PluginInfo(ep.name, dist_name, dist_version, "ok", hooks=_hooks_of(pm, plugin)))
 
@@ -124,6 +142,40 @@ def load(strict: bool = False, entry_points: list[md.EntryPoint] | None = None) 
     for _, registry in hooks:
         registry.freeze()
     return regs
+
+
+def _dist_of(ep: md.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r}) while being imported"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the plugin while being imported"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _CtrlC(KeyboardInterrupt):
+    """A real Ctrl-C that arrived while a plugin was imported: never swallowed."""
+
+
+def _load_entry_point(ep: md.EntryPoint):
+    """``ep.load()``; a ``SystemExit`` / ``KeyboardInterrupt`` the plugin raises itself is its own
+    failure, but a real Ctrl-C meanwhile (SIGINT, seen by a handler set for the import) still stops bench."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return ep.load()   # no way to tell the two apart here: the plugin's own ones are still caught
+
+    def ctrl_c(signum, frame):
+        raise _CtrlC
+
+    signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        return ep.load()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def first_line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,33 @@ class RunData:
             self._artefacts[path] = Artefacts(values, files=files, problems=problems)
         return self._artefacts[path]
 
+    def png_file(self, record: R.Record, name: Any, what: str = "figure") -> bytes:
+        """The bytes of a PNG file a record's artefacts name (relative to the record's folder).
+
+        Artefacts are files anyone could edit, so only a regular PNG file inside the run directory
+        (after symlinks) is read; anything else is a one-line BenchError for the section's notes."""
+        if not isinstance(name, (str, os.PathLike)) or not str(name):
+            raise BenchError(f"{what} {name!r} is not a file name; skipped")
+        path = Path(name)
+        path = path if path.is_absolute() else self.path(record).parent / path
+        real, root = path.resolve(), self.run_dir.resolve()
+        if not real.is_relative_to(root):
+            raise BenchError(f"{what} {name} lies outside the run directory and is not embedded (keep a "
+                             "method's figures folder inside --out)")
+        if not real.exists():
+            raise BenchError(f"{what} {name} is missing")
+        if not real.is_file():
+            raise BenchError(f"{what} {name} is not a regular file; skipped")
+        if real.stat().st_size > MAX_FIGURE_BYTES:
+            raise BenchError(f"{what} {name} is larger than {MAX_FIGURE_BYTES >> 20} MB; skipped")
+        try:
+            data = real.read_bytes()
+        except OSError as exc:
+            raise BenchError(f"{what} {name} cannot be read ({exc.strerror or exc}); skipped") from None
+        if not data.startswith(PNG_MAGIC):
+            raise BenchError(f"{what} {name} is not a PNG file; skipped")
+        return data
+
     def label(self, record: R.Record) -> str:
         """``dataset / extractor · seed n`` (+ the limit), for headings and captions."""
         lim = f" (limit {record.dataset.limit})" if record.dataset.limit else ""
@@ -258,6 +286,8 @@ def new_figure(width: float = 6.0, height: float = 3.2):
 
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: the largest figure file a report embeds (a method's own figures are a few hundred kB)
+MAX_FIGURE_BYTES = 32 << 20
 
 
 def to_png(image: Any) -> bytes:

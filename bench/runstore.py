@@ -12,6 +12,8 @@ and the feature store all go through here; nothing else writes or globs run file
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import re
@@ -29,30 +31,77 @@ RECORD_NAME = re.compile(r"seed-?\d+\.json")
 ERROR_NAME = re.compile(r"seed-?\d+\.error\.json")
 
 
+#: characters that end or break a path component (the separator, NUL), and ':' as always
+_UNSAFE = re.compile(r"[/:\x00]")
+#: longer components (in bytes) are shortened with a hash: file systems stop at 255, so only a
+#: name that could never be written changes
+_MAX_COMPONENT = 255
+
+
 def safe_name(name: str) -> str:
-    """A dataset / extractor / method name as one path component (``imagefolder:/a/b`` → ``imagefolder__a_b``)."""
-    return str(name).replace("/", "_").replace(":", "_")
+    """Any name as ONE harmless path component (``imagefolder:/a/b`` → ``imagefolder__a_b``).
+
+    A dataset name, revision or version may come from a file a user was handed: separators
+    become ``_``, ``.``/``..``/empty become underscores, and an over-long name keeps a hash, so
+    no component can leave or break its folder. Ordinary names map as they always did."""
+    text = _UNSAFE.sub("_", str(name))
+    if text.strip(".") == "":
+        text = "_" * max(len(text), 1)
+    if len(text.encode("utf-8", "surrogatepass")) > _MAX_COMPONENT:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        text = text.encode("utf-8", "surrogatepass")[:_MAX_COMPONENT - 17].decode("utf-8", "ignore") + "-" + digest
+    return text
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` when it lies under ``root`` (compared lexically, so a user's own symlinks still
+    work), else a one-line BenchError: nothing bench writes may land outside its root."""
+    root_n, path_n = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    if os.path.commonpath([root_n, path_n]) != root_n:
+        raise BenchError(f"refusing to write {str(path)!r}: it lies outside {str(root)!r}")
+    return Path(path)
+
+
+def _write_failed(tmp: Path, path: Path, exc: BaseException) -> None:
+    """Remove a half-written temp file; a full disk or file-size limit becomes one line."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", -1)):
+        raise BenchError(f"disk full or file too large: cannot write {str(path)!r} "
+                         f"({exc.strerror or exc}); nothing was replaced") from exc
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` so readers see the old file or the whole new one (temp name carries the pid)."""
+    """Write ``data`` so readers see the old file or the whole new one (temp name carries the pid);
+    a failed write leaves no temp file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:   # also Ctrl-C: never leave the temp file
+        _write_failed(tmp, path, exc)
+        raise
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` through a temp file (see :func:`write_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _write_failed(tmp, path, exc)
+        raise
 
 
 def check_writable_dir(path: Path, what: str) -> Path:
@@ -69,22 +118,27 @@ def check_writable_dir(path: Path, what: str) -> Path:
 
 
 def record_dir(root: Path, record: Record) -> Path:
-    """The folder of a record's seeds: everything that must match for resume, except the seed."""
+    """The folder of a record's seeds: everything that must match for resume, except the seed.
+
+    Every component goes through :func:`safe_name` (a revision or version read from a saved
+    summary is as untrusted as a name) and the result must lie under ``root``."""
     features = safe_name(record.features.extractor)
     if record.features.weights:
-        features += f"+w{record.features.weights[:12]}"
+        features += f"+w{safe_name(record.features.weights[:12])}"
     if record.features.precision != "fp32":
-        features += f"-{record.features.precision}"
-    data = f"{safe_name(record.dataset.name)}@{record.dataset.revision}"
-    root = Path(root)
+        features += f"-{safe_name(record.features.precision)}"
+    data = f"{safe_name(record.dataset.name)}@{safe_name(record.dataset.revision)}"
+    base = Path(root)
     if record.dataset_b is not None:   # bench compare A B: under compare/, A--B
-        data = f"{data}--{safe_name(record.dataset_b.name)}@{record.dataset_b.revision}"
-        root = root / "compare"
-    return root / data / features / f"{safe_name(record.method.name)}@{record.method.version}" / record.config_hash
+        data = f"{data}--{safe_name(record.dataset_b.name)}@{safe_name(record.dataset_b.revision)}"
+        base = base / "compare"
+    method = f"{safe_name(record.method.name)}@{safe_name(record.method.version)}"
+    return inside(root, base / safe_name(data) / safe_name(features) / safe_name(method)
+                  / safe_name(record.config_hash))
 
 
 def record_path(root: Path, record: Record) -> Path:
-    return record_dir(root, record) / f"seed{record.seed}.json"
+    return record_dir(root, record) / f"seed{int(record.seed)}.json"
 
 
 def sidecar(record_file: Path, suffix: str) -> Path:

@@ -184,7 +184,7 @@ def crafted(tmp_path_factory, regs):
     _write(root, "multicut", src, "tiny-vit", artefacts={"codes": noisy, "cluster_sizes": np.bincount(noisy)})
     _write(root, "wavelet", src, "pixels", artefacts={"redundant_groups": [[0, 5, 9], [1, 2]],
                                                       "influential_groups": [[3, 4, 7, 8]]})
-    fig = root.parent / "figs" / "protosim-specific-a.png"
+    fig = root / "figs" / "protosim-specific-a.png"   # inside the run directory, as the runner puts it
     fig.parent.mkdir(parents=True)
     Image.fromarray(rng.integers(0, 255, (30, 60, 3), dtype=np.uint8)).save(fig)
     _write(root, "protosim", src, "tiny-vit", tables={"protosim_groups": [
@@ -193,7 +193,7 @@ def crafted(tmp_path_factory, regs):
         for r, (p, w) in enumerate([(4, 5), (9, 3)])]},
         artefacts={"figures": [str(fig)], "top_images": {"4": [1, 2, 3]}})
     _write(root, "protosim", src, "pixels", artefacts={
-        "figures": [str(root.parent / "gone.png")], "top_images": {"4": [1, 2, 3], "7": [5, 6]},
+        "figures": [str(root / "gone.png")], "top_images": {"4": [1, 2, 3], "7": [5, 6]},
         "specific_prototypes": {"a": [4]}, "shared_prototypes": [7]})
     layers = [{"layer": "l1", "neurons": 2, "mean_entropy_bits": 3.0}, {"layer": "l2", "neurons": 3,
                                                                        "mean_entropy_bits": 4.0}]

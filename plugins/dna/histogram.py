@@ -131,40 +131,124 @@ class Ranges:
                 "range_mode": self.mode, "range_scale": self.scale}
 
     @classmethod
-    def from_json(cls, obj: Mapping, *, mode: str | None = None, scale: float | None = None) -> Ranges:
+    def from_json(cls, obj: Mapping, *, mode: str | None = None, scale: float | None = None,
+                  source: str = "ranges") -> Ranges:
         """Read our layout or vdna's ``activation_ranges.json`` ({layer: {index: value}}).
 
         vdna's files carry no convention: they are read with vdna's (×1.2 about zero)
-        unless ``mode``/``scale`` say otherwise.
+        unless ``mode``/``scale`` say otherwise. A file may come from anywhere, so every
+        field is checked (layers, numbers, finite, min <= max, widened bounds finite) and a
+        problem is one DataError naming it, never a traceback or a meaningless score.
         """
+        def bad(msg: str) -> DataError:
+            return DataError(f"dna: {source}: {msg}")
+
+        if not isinstance(obj, Mapping):
+            raise bad(f"expected a JSON object, got {type(obj).__name__}")
         try:
             raw_min, raw_max = obj["mins_per_neuron"], obj["maxs_per_neuron"]
-        except (KeyError, TypeError):
+        except KeyError:
             raise DataError("dna: a ranges file needs 'mins_per_neuron' and 'maxs_per_neuron'") from None
+        for key, raw in (("mins_per_neuron", raw_min), ("maxs_per_neuron", raw_max)):
+            if not isinstance(raw, Mapping) or not raw:
+                raise bad(f"{key} must be an object of layer → values, got {_kind(raw)}")
 
-        def _vec(v):
-            if isinstance(v, Mapping):
-                return np.asarray([v[k] for k in sorted(v, key=int)], dtype=np.float64)
-            return np.asarray(v, dtype=np.float64)
+        def _vec(key: str, layer: str, v) -> np.ndarray:
+            where = f"{key}[{layer!r}]"
+            if isinstance(v, Mapping):   # vdna: {"0": value, "1": value, …}
+                try:
+                    index = {int(k): k for k in v}
+                except (TypeError, ValueError):
+                    raise bad(f"{where} has a non-integer neuron index "
+                              f"{next(k for k in v if not _is_int(k))!r}") from None
+                if len(index) != len(v) or sorted(index) != list(range(len(index))):
+                    raise bad(f"{where} must index neurons 0..{len(index) - 1} without gaps")
+                v = [v[index[i]] for i in range(len(index))]
+            if not isinstance(v, (list, tuple)) or not v:
+                raise bad(f"{where} must be a non-empty list of numbers, got {_kind(v)}")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+                x = next(x for x in v if not isinstance(x, (int, float)) or isinstance(x, bool))
+                raise bad(f"{where} holds {_kind(x)}; every value must be a number")
+            try:
+                arr = np.asarray(v, dtype=np.float64)
+            except OverflowError:
+                raise bad(f"{where} holds an integer too large for a float") from None
+            if not np.isfinite(arr).all():
+                raise bad(f"{where} holds {int((~np.isfinite(arr)).sum())} NaN or infinite values")
+            return arr
 
+        mins = {str(k): _vec("mins_per_neuron", k, v) for k, v in raw_min.items()}
+        maxs = {str(k): _vec("maxs_per_neuron", k, v) for k, v in raw_max.items()}
+        if mins.keys() != maxs.keys():
+            raise bad(f"minima cover layers {sorted(mins)} but maxima {sorted(maxs)}")
+        for k in mins:
+            if mins[k].shape != maxs[k].shape:
+                raise bad(f"layer {k!r} has {mins[k].size} minima but {maxs[k].size} maxima")
+            inverted = int((mins[k] > maxs[k]).sum())
+            if inverted:
+                raise bad(f"layer {k!r} has {inverted} neurons whose minimum is above their maximum")
         mode = mode or obj.get("range_mode", "zero")
         scale = scale if scale is not None else obj.get("range_scale", 1.2)
-        return cls({k: _vec(v) for k, v in raw_min.items()}, {k: _vec(v) for k, v in raw_max.items()},
-                   mode=mode, scale=scale)
+        if not isinstance(mode, str):
+            raise bad(f"range_mode must be a string, got {_kind(mode)}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale):
+            raise bad(f"range_scale must be a positive number, got {scale!r}")
+        ranges = cls(mins, maxs, mode=mode, scale=scale)
+        for k in ranges.layers:   # ±1e308 is finite, but not once widened
+            a, b = ranges.bounds(k)
+            with np.errstate(over="ignore", invalid="ignore"):
+                ok = all(np.isfinite(v).all() for v in (a, b, b - a, a + b))   # μ, σ, bin width
+            if not ok:
+                raise bad(f"layer {k!r} has values too large to bin (beyond ±1e307 once widened)")
+        return ranges
 
     @classmethod
     def load(cls, path: str, **kwargs) -> Ranges:
         """Ranges from a JSON file: a ranges file, or a saved DNA's ``.json`` (its ``bench.ranges``)."""
         try:
-            with open(path) as f:
-                obj = json.load(f)
+            with open(path, "rb") as f:
+                obj = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
             raise DataError(f"dna: ranges file {path!r} does not exist") from None
+        except IsADirectoryError:
+            raise DataError(f"dna: ranges file {path!r} is a folder; pass a .json file") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"dna: ranges file {path!r} is not UTF-8 text (byte {exc.start}); "
+                            "expected JSON") from None
         except json.JSONDecodeError as exc:
             raise DataError(f"dna: ranges file {path!r} is not valid JSON ({exc.msg})") from None
-        if isinstance(obj, Mapping) and "bench" in obj and obj["bench"].get("ranges"):
-            obj = obj["bench"]["ranges"]
-        return cls.from_json(obj, **kwargs)
+        except (OSError, RecursionError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise DataError(f"dna: cannot read ranges file {path!r}: {why}") from None
+        if isinstance(obj, Mapping) and "bench" in obj:
+            ours = obj["bench"]
+            if not isinstance(ours, Mapping) or not isinstance(ours.get("ranges"), Mapping):
+                raise DataError(f"dna: ranges file {path!r}: 'bench' must be a saved DNA's object with 'ranges'")
+            obj = ours["ranges"]
+        return cls.from_json(obj, source=f"ranges file {path!r}", **kwargs)
+
+
+def _is_int(text) -> bool:
+    try:
+        int(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _kind(value) -> str:
+    """What a JSON value is, for an error message (``a string 'x'``, ``an object``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string {value[:20]!r}"
+    if isinstance(value, bool):
+        return f"a boolean {value}"
+    if isinstance(value, Mapping):
+        return "an object" if value else "an empty object"
+    if isinstance(value, (list, tuple)):
+        return "a list" if value else "an empty list"
+    return type(value).__name__
 
 
 class RangeAccumulator:

@@ -101,6 +101,13 @@ def _check_common(m: Any) -> None:
         raise BenchError(f"dna: range_images must be a positive integer or None, got {m.range_images!r}")
 
 
+def _check_ranges_file(spec: Any) -> None:
+    """A ranges file is read and validated when the run is planned, before any work: a broken one
+    is one line then, not an error record per cell after the features are extracted."""
+    if isinstance(spec, str) and spec not in ("self", "reference", "union"):
+        Ranges.load(spec)
+
+
 def _ranges_for(m: Any, spec: str, ref: DataView, layers: list[str], seed: int,
                 other: DataView | None = None) -> tuple[Ranges, str, dict[str, RangePass]]:
     """Ranges from the reference view (or both views), or from a ranges / DNA JSON file.
@@ -179,6 +186,9 @@ class DNASummariser(Summariser):
         self.sample = sample
         self.variants = variants
         self.precision = precision
+
+    def check_params(self) -> None:
+        _check_ranges_file(self.ranges)
 
     def fit(self, data: DataView, *, seed: int = 0) -> DNASummariser:
         _check_common(self)
@@ -277,6 +287,9 @@ class DNAComparator(Comparator):
         self.select_score = select_score
         self.top_neurons = top_neurons
         self.precision = precision
+
+    def check_params(self) -> None:
+        _check_ranges_file(self.ranges)
 
     def _check(self) -> None:
         _check_common(self)

@@ -39,6 +39,7 @@ from bench_protosim.train import CHECKPOINT, TrainConfig, Trainer, TrainResult
 from bench.api import Comparator, Comparison, DataView, Summariser, Summary
 from bench.distributed import local_device
 from bench.errors import BenchError
+from bench.runstore import check_writable_dir, inside, safe_name
 
 #: a CPU preset: ~1,200 images of 64×64 through tiny-vit in well under a minute
 QUICK_PARAMS: dict[str, Any] = {
@@ -183,8 +184,23 @@ class _ProtoSimBase:
         self.n_figure_prototypes = n_figure_prototypes
 
     # ------------------------------------------------------------------ validation
+    def check_params(self) -> None:
+        """The folders (run resources) before any work: a regular file there would only fail
+        after feature extraction and training."""
+        self._check_folders()
+
+    def _check_folders(self) -> None:
+        for p in ("checkpoint_dir", "figures_dir"):
+            v = getattr(self, p)
+            if v is None:
+                continue
+            if not isinstance(v, (str, Path)) or not str(v):
+                raise BenchError(f"protosim: {p} must be a folder path, got {v!r}")
+            check_writable_dir(Path(v), f"protosim: {p}")
+
     def _validate(self) -> None:
         name = "protosim"
+        self._check_folders()
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -227,8 +243,12 @@ class _ProtoSimBase:
             need(ok and 0 < v[0] <= v[1] <= 1, f"{p} must be (lo, hi) with 0 < lo <= hi <= 1, got {v!r}")
 
     # ------------------------------------------------------------------ the shared pipeline
-    def _run(self, table: ImageTable, view: DataView, seed: int) -> dict[str, Any] | None:
+    def _run(self, table: ImageTable, view: DataView, seed: int, role: str) -> dict[str, Any] | None:
         """Train (or resume) on ``table``, then count prototype use per group.
+
+        A given ``checkpoint_dir`` holds one sub-folder per training, ``{role}-{fingerprint}``:
+        the summariser and every training of the comparator's evaluation (between, null draws)
+        each resume their own checkpoint, whichever role the setting was given to.
 
         Under torchrun (an active process group) every rank trains (DDP) and rank 0 alone
         analyses; the other ranks get None.
@@ -242,6 +262,9 @@ class _ProtoSimBase:
         trainer = Trainer(cfg, backbone, table, seed=seed, checkpoint_dir=ckpt, resume=self.resume,
                           progress=bool(getattr(view, "progress", False)), num_workers=self.num_workers,
                           memory_limit_gb=self.memory_limit_gb)
+        if self.checkpoint_dir:   # the fingerprint covers data, parameters, seed and backbone
+            ckpt = inside(ckpt, ckpt / safe_name(f"{role}-{trainer.fingerprint()}"))
+            trainer.checkpoint_dir = ckpt
         try:
             result = trainer.run()
         except BaseException:
@@ -285,7 +308,7 @@ class ProtoSim(_ProtoSimBase, Summariser):
 
     def fit(self, data: DataView, *, seed: int = 0) -> ProtoSim:
         table = ImageTable.from_view(data)
-        run = self._run(table, data, seed)
+        run = self._run(table, data, seed, "summariser")
         if run is None:  # a rank > 0: its share of the training is done; rank 0 holds the summary
             self.summary_ = None
             return self
@@ -470,7 +493,7 @@ class ProtoSimComparator(_ProtoSimBase, Comparator):
         if len(a) == 0 or len(b) == 0:
             raise BenchError("protosim: cannot compare an empty dataset")
         table = ImageTable.from_pair(a, b)
-        run = self._run(table, a, seed)
+        run = self._run(table, a, seed, "comparator")
         if run is None:  # a rank > 0: its share of the training is done; rank 0 holds the score
             return Comparison(score=float("nan"))
         if run["temporary"]:

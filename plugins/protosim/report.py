@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.reporting import (
     ReportSection,
     RunData,
@@ -50,16 +51,19 @@ def protosim_section(run: RunData) -> ReportSection | None:
                          f"{esc(str(planted[0].get('group')))}): {hits}/{seen} top images of its "
                          f"{len(planted)} most specific prototypes show it{rate}.</p>")
         shown = 0
-        for fpath in art.get("figures") or []:
-            p = Path(fpath)
-            p = p if p.is_absolute() else run.path(rec).parent / p
-            if p.exists():
-                parts.append(img_html(p.read_bytes(), f"{p.stem}: top images (upper row) and attention "
-                                                      "overlays (lower row)"))
-                shown += 1
-            else:
-                sec.note(f"{run.label(rec)}: prototype figure {fpath} is missing (it lives outside the run "
-                         "directory; set protosim.figures_dir inside --out to keep it)")
+        figures = art.get("figures") or []
+        if not isinstance(figures, list):
+            sec.note(f"{run.label(rec)}: the artefacts' figures are not a list of files; none embedded")
+            figures = []
+        for fpath in figures:
+            try:
+                png = run.png_file(rec, fpath, "prototype figure")
+            except BenchError as exc:   # outside the run, not a PNG, missing: a note, the rest still shows
+                sec.note(f"{run.label(rec)}: {exc}")
+                continue
+            parts.append(img_html(png, f"{Path(str(fpath)).stem}: top images (upper row) and attention "
+                                       "overlays (lower row)"))
+            shown += 1
         if shown:
             continue
         # no figure files: draw the top images ourselves (no attention maps without the model)
