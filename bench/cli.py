@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         return 2
     except KeyboardInterrupt:
-        err_console.print("[bold yellow]interrupted:[/] finished cells are saved; rerun with --resume to continue")
+        if args.command == "run":
+            err_console.print("[bold yellow]interrupted:[/] finished cells are saved; rerun with --resume to continue")
+        else:
+            err_console.print("[bold yellow]interrupted:[/] nothing half-written was kept; run the command again")
         return 130
 
 

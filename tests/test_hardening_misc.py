@@ -71,7 +71,7 @@ def test_c1_safe_name_keeps_ordinary_names_and_neutralises_the_rest():
 def test_c1_record_path_outside_root_is_refused(tmp_path, monkeypatch):
     from bench import runstore
 
-    monkeypatch.setattr(runstore, "safe_name", lambda name: str(name))   # as before the fix
+    monkeypatch.setattr(runstore, "safe_name", str)   # as before the fix
     with pytest.raises(BenchError, match="outside"):
         record_path(tmp_path / "out", _record(dataset=R.DatasetInfo(name="A", revision="x/../../../E", n=3)))
 
@@ -103,7 +103,7 @@ def test_m11_full_disk_during_record_write_is_one_line_and_leaves_no_temp(tmp_pa
 
     monkeypatch.setattr(os, "fsync", full)
     store = RunStore(tmp_path / "out")
-    with pytest.raises(BenchError, match="^disk full or file too large: .*seed0.json"):
+    with pytest.raises(BenchError, match=r"^disk full or file too large: .*seed0\.json"):
         store.save(_record())
     assert [p.name for p in _files(tmp_path)] == []
 
