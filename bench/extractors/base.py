@@ -160,7 +160,7 @@ class Extractor:
     def configure(self, *, workers: int | None = None, precision: str | None = None,
                   decode: str | None = None) -> Extractor:
         """Set run resources (workers, decode) and the precision, checked up front."""
-        from bench.pipeline import DECODE_MODES, check_workers
+        from bench.pipeline import check_decode, check_workers
 
         if workers is not None:
             self.workers = check_workers(workers)
@@ -169,9 +169,7 @@ class Extractor:
                 raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
             self.precision = precision
         if decode is not None:
-            if decode not in DECODE_MODES:
-                raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
-            self.decode = decode
+            self.decode = check_decode(decode, self.device)  # gpu without CUDA: one line before any work
         return self
 
     def precision_context(self):
