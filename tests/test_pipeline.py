@@ -154,7 +154,8 @@ def corrupt_folder(tmp_path):
 def test_corrupt_jpeg_gives_one_line_naming_the_file(corrupt_folder, tiny, workers, decode, capfd):
     src = imagefolder_source(corrupt_folder)
     store = FeatureStore(corrupt_folder / "cache")
-    tiny.configure(workers=workers, decode=decode)
+    tiny.configure(workers=workers)
+    tiny.decode = decode   # the device-decode path on the CPU device (configure refuses gpu without CUDA)
     try:
         with pytest.raises(DataError) as err:
             store.features(src, tiny, batch_size=2)

@@ -56,8 +56,9 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                               ".pgm", ".pbm"})
 DEFAULT_SIZE = 256
-#: the longer side may be at most this many times the shorter one (checked before decoding)
-MAX_ASPECT = 50
+#: the longer side may be at most this many times the shorter one (checked before decoding): scaling
+#: the shorter side to 256 then allocates at most 256 × 65,536 RGB pixels (50 MB)
+MAX_ASPECT = 256
 #: how files become pixels (EXIF orientation, alpha on white); in every file-backed revision, so
 #: features cached under the older decoding are never reused
 DECODE_REVISION = "decode=exif+alpha-white"
@@ -196,15 +197,19 @@ def check_shape(width: int, height: int, what) -> None:
                         "scaling its shorter side would allocate without bound: crop it or remove the file")
 
 
-def _upright(img):
-    """EXIF orientation applied (a camera's rotated JPEG is shown as it was taken)."""
-    from PIL import ImageOps
+def _upright(img, opened):
+    """``img`` (decoded from ``opened``) turned as ``opened``'s EXIF orientation says, as viewers
+    show it; applied after the RGB conversion, which needs the file's own mode and format."""
+    from PIL import Image
 
     try:
-        orientation = img.getexif().get(0x0112, 1)
+        orientation = opened.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a damaged EXIF block is ignored, as viewers do
         return img
-    return ImageOps.exif_transpose(img) if orientation in (2, 3, 4, 5, 6, 7, 8) else img
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    return img if method is None else img.transpose(method)
 
 
 def _on_white(img):
@@ -239,7 +244,7 @@ def read_image(path, size: int | None = DEFAULT_SIZE, *, what: str | None = None
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 check_shape(*opened.size, what)
-                img = to_uint8_rgb(_on_white(_upright(opened)))  # a full decode: truncation is detected here
+                img = _upright(to_uint8_rgb(_on_white(opened)), opened)  # a full decode: truncation shows here
         for w in caught:
             if issubclass(w.category, Image.DecompressionBombWarning):
                 warn(f"image {what} has {opened.size[0] * opened.size[1] / 1e6:.0f} Mpx, over PIL's "
