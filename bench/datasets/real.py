@@ -132,11 +132,14 @@ def _walk(root: Path) -> list[str]:
                                     "it: a symbolic link loop; remove or fix the link")
                 stack.append((Path(entry.path), above | {ident}))
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                what = not_regular(entry.path)
-                if what is None:
+                try:
+                    regular = entry.is_file()   # links followed; no extra stat for plain files
+                except OSError:
+                    regular = False
+                if regular:
                     out.append(os.path.relpath(entry.path, root))
                 else:
-                    skipped.append(f"{entry.path} ({what})")
+                    skipped.append(f"{entry.path} ({not_regular(entry.path) or 'not a regular file'})")
     if skipped:
         skipped.sort()
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
