@@ -87,9 +87,15 @@ def not_regular(path: str | os.PathLike) -> str | None:
     return "not a regular file"
 
 
+_warned: set[str] = set()
+
+
 def warn(message: str) -> None:
-    """One ``warning: …`` line on stderr (workers too: they share the terminal)."""
-    print(f"warning: {message}", file=sys.stderr, flush=True)
+    """One ``warning: …`` line on stderr (workers too: they share the terminal), once per process
+    however often the same folder is listed or the same file read."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- files
