@@ -131,6 +131,19 @@ def test_h2_small_shm_falls_back_to_fewer_workers(tmp_path, monkeypatch, capsys)
     assert all(np.array_equal(a, b) for a, b in zip(got, same))
 
 
+def test_h2_stuck_read_ends_with_one_line(tmp_path, monkeypatch):
+    """A batch that never comes (a read that does not return) ends the run after
+    ``BENCH_LOADER_TIMEOUT`` seconds with one line instead of waiting forever."""
+    src = folder_source(_folder(tmp_path / "A", 4))
+    monkeypatch.setenv("BENCH_LOADER_TIMEOUT", "1")
+    monkeypatch.setattr(pipeline._Batches, "__getitem__", lambda self, k: time.sleep(3))   # forked: workers see it
+    t = time.perf_counter()
+    with pytest.raises(BenchError, match="no batch came from the data-loading workers in 1 s") as e:
+        list(pipeline.DataPipeline(src, batch_size=2, workers=1))
+    _one_line(e)
+    assert time.perf_counter() - t < 30
+
+
 def test_h5_huge_labels_are_remapped_dense(tmp_path):
     """Labels 10^9 (.cls) and 10^12 (.json) allocated a class-name list by value; they are now
     dense indices into the sorted unique labels."""
