@@ -18,16 +18,16 @@ source's ``duplicate_pairs``, so duplicate precision / recall are graded on a us
 its bytes enter the revision, so changed ground truth never reuses old records.
 
 Unreadable files: a corrupt or truncated image raises a one-line ``DataError`` naming
-the file when it is read (never silently replaced). Only regular files are read: a named pipe
-would block ``open()`` forever, a device would stream forever, so an entry named like an image
-that is not a regular file (or a dangling link) is skipped at listing with one warning line.
-An image whose aspect ratio is beyond 1:``MAX_ASPECT`` is refused before any resize allocates
-(a 1×100000 strip scaled to a shorter side of 256 would need ~20 GB).
+the file when it is read (never silently replaced). ``bench.datasets.drop_unreadable``
+decodes every file up front and returns the source without them, listing what it
+skipped in ``notes["skipped_files"]``. Only regular files are read: a named pipe would block
+``open()`` forever and a device would stream forever, so an entry named like an image that is
+not a regular file (or a dangling link) is skipped at listing with one warning line. An image
+whose aspect ratio is beyond 1:``MAX_ASPECT`` is refused before it is decoded (a 1×100000 strip
+scaled to a shorter side of 256 would need ~20 GB).
 
 Pixels: EXIF orientation is applied, and transparent pixels are composited on white (as the
-packaged clip-art is), so hidden RGB under alpha never reaches a model. ``bench.datasets.drop_unreadable``
-decodes every file up front and returns the source without them, listing what it
-skipped in ``notes["skipped_files"]``.
+packaged clip-art is), so the hidden RGB under alpha never reaches a model.
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def check_shape(width: int, height: int, what) -> None:
     if short < 1:
         raise DataError(f"cannot read image {what}: it is {width}×{height} pixels (empty)")
     if long > MAX_ASPECT * short:
-        raise DataError(f"image {what} is {width}×{height} pixels, an aspect ratio beyond 1:{MAX_ASPECT}; "
-                        "scaling its shorter side would allocate without bound: crop it or remove the file")
+        raise DataError(f"image {what} is {width}×{height} pixels, an aspect ratio beyond 1:{MAX_ASPECT} (scaling "
+                        "its shorter side allocates in proportion to it); crop it or remove the file")
 
 
 def _upright(img, opened):
