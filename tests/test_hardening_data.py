@@ -122,6 +122,7 @@ def test_h2_small_shm_falls_back_to_fewer_workers(tmp_path, monkeypatch, capsys)
     and says so in one line; the batches are the same."""
     src = folder_source(_folder(tmp_path / "A", 5))
     monkeypatch.setattr(pipeline, "shm_free", lambda path=None: 100_000)
+    monkeypatch.setattr(pipeline, "_warned", set())   # said once per process: not yet in this one
     monkeypatch.setattr(pipeline, "worker_loader", lambda *a, **k: pytest.fail("no workers fit"))
     got = [images for _, images in pipeline.DataPipeline(src, batch_size=2, workers=2)]
     err = capsys.readouterr().err
