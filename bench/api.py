@@ -483,6 +483,11 @@ class Comparator(_Method):
         """Whether ``bench compare`` draws its null and interval from one pass (state or graph)."""
         return cls.supports_state() or cls.draws is not Comparator.draws
 
+    def check_summary(self, summary: dict[str, Any]) -> None:
+        """ONE line (DataError) when saved statistics cannot be what ``summarise`` wrote (negative counts,
+        a covariance that is not symmetric, …): a crafted file must not give an ``ok`` record.
+        Default: nothing beyond the file's own checks (numeric, finite, within its size budget)."""
+
     def compare_summary(self, summary: dict[str, Any], b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
         raise NotImplementedError
 

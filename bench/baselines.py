@@ -368,6 +368,18 @@ class FrechetDistance(Comparator):
         (mu1, s1), (mu2, s2) = gaussian_from_sums(a), gaussian_from_sums(b)
         return frechet_distance_psd(mu1, s1, mu2, s2)
 
+    def check_summary(self, summary: dict) -> None:
+        mu, sigma = np.asarray(summary["mu"]), np.asarray(summary["sigma"])
+        d = mu.shape[0] if mu.ndim == 1 else -1
+        if d < 1 or sigma.shape != (d, d):
+            raise DataError(f"fd: the saved mean has shape {mu.shape} and covariance {sigma.shape}; they must be "
+                            "(D,) and (D, D)")
+        if not np.allclose(sigma, sigma.T, rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(sigma).max()))) \
+                or (np.diag(sigma) < 0).any():
+            raise DataError("fd: the saved covariance is not symmetric with a non-negative diagonal")
+        if "state.row" in summary and np.asarray(summary["state.row"]).shape[1:] != (d,):
+            raise DataError(f"fd: the saved feature rows are not {d}-dimensional like the saved mean")
+
     def saved_states(self, a: DataView, *, seed: int = 0) -> dict:
         """A's feature rows while images are fewer than dimensions (smaller than one D×D block, and the
         null keeps one image per block); else block sums."""

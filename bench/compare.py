@@ -288,8 +288,14 @@ class CompareRun:
         if self.a.saved is not None:
             b_view = self.context.view(self.b.source, memo=True)
             stats = self.a.saved.statistics[rec.method.name]
-            result = comparator.compare_summary(stats, b_view, seed=seed)
-            draws = comparator.saved_draws(stats, b_view, seed=seed) if comparator.uses_state() else None
+            try:
+                comparator.check_summary(stats)
+                result = comparator.compare_summary(stats, b_view, seed=seed)
+                draws = comparator.saved_draws(stats, b_view, seed=seed) if comparator.uses_state() else None
+            except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise BenchError(f"{self.a.text}: the saved statistics of {rec.method.name} are malformed "
+                                 f"({type(exc).__name__}: {why}); summarise the dataset again") from None
             if draws is None:
                 metrics["score"] = S.checked_score(result.score, comparator.name, self.a.n, self.b.n)
                 rec.tables["null"] = [{"kind": f"none: {self.a.text} carries no block states; re-summarise with "

@@ -7,17 +7,23 @@ sources how the pipeline makes pixels (one exact resize from the originals), so 
 input that changes the output changes the file name (CLIP_benchmark's stale-cache bug).
 
 Writes are incremental: rows go batch by batch into a memory-mapped ``.npy`` under a temporary
-name, renamed into place only when complete (a killed run leaves no partial file). Reads are
-validated against the key's sidecar (rows, width, dtype); a cache file that cannot be read or
-does not match is moved aside (``*.bad.npy``) with one warning line and recomputed.
+name, renamed into place only when complete (a killed run leaves no partial file). A write that
+fails (disk full, file too large) is one line and leaves no temporary file; temporary files of
+killed runs (their process gone, or untouched for a day) are removed when a store is opened.
+Reads are validated against the key's sidecar (rows, width, dtype); a cache file that cannot be
+read or does not match is moved aside (``*.bad.npy``) with one warning line and recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +31,9 @@ import numpy as np
 import torch
 
 from bench import distributed
+from bench.errors import BenchError
 from bench.pipeline import check_batch_size, worker_errors
-from bench.runstore import safe_name, write_atomic
+from bench.runstore import check_writable_dir, safe_name, write_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.datasets.base import ImageSource
@@ -36,8 +43,68 @@ if TYPE_CHECKING:  # pragma: no cover
 STORE_VERSION = "1"
 
 
+#: temporary files of our writers: ``.{stem}.tmp{pid}.npy`` (features) and ``.{name}.{pid}.tmp`` (sidecars)
+_TMP = re.compile(r"^\..+\.tmp(\d+)\.npy$|^\..+\.(\d+)\.tmp$")
+#: a temporary file is stale when its process is gone here and it is this old (a live writer
+#: touches it every batch), or when it is this much older whatever its pid (another node's)
+STALE_DEAD_SECONDS, STALE_ANY_SECONDS = 600, 86_400
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench")) / "features"
+    """``$BENCH_CACHE/features`` (default ``~/.cache/bench/features``); a BENCH_CACHE that is a file
+    or read-only is one line here, before any work, as ``--cache-dir`` is."""
+    env = os.environ.get("BENCH_CACHE")
+    if env:
+        return check_writable_dir(Path(env).expanduser(), "BENCH_CACHE") / "features"
+    return Path.home() / ".cache" / "bench" / "features"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def clean_stale(root: Path, now: float | None = None) -> list[str]:
+    """Remove the temporary files killed runs left in ``root``; the names removed."""
+    now = time.time() if now is None else now
+    gone = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return gone
+    for entry in entries:
+        m = _TMP.match(entry.name)
+        if m is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            pid = int(m.group(1) or m.group(2))
+            if age > STALE_ANY_SECONDS or (age > STALE_DEAD_SECONDS and not _alive(pid)):
+                os.unlink(entry.path)
+                gone.append(entry.name)
+        except OSError:
+            continue
+    return gone
+
+
+@contextlib.contextmanager
+def cache_write(path: Path, *temps: Path) -> Iterator[None]:
+    """A failed cache write (disk full, ``ulimit -f``, read-only) → ONE line; ``temps`` removed."""
+    try:
+        yield
+    except OSError as e:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        why = {28: "the disk is full", 27: "the file is too large for this process (ulimit -f?)",
+               122: "the disk quota is exceeded"}.get(e.errno, e.strerror or str(e))
+        raise BenchError(f"cannot write the feature cache {path}: {why}; free space, point --cache-dir or "
+                         "BENCH_CACHE elsewhere, or pass --no-cache") from None
 
 
 def pool(activation: torch.Tensor) -> torch.Tensor:
@@ -78,6 +145,8 @@ class FeatureStore:
     def __init__(self, root: str | Path | None = None, *, dtype: str = "float32"):
         self.root = Path(root) if root is not None else None
         self.dtype = dtype
+        if self.root is not None:
+            clean_stale(self.root)
         self._memory: dict[str, np.ndarray] = {}
         self.computed = 0  # number of extraction passes, for tests and run summaries
 
@@ -120,8 +189,8 @@ class FeatureStore:
                 feats = self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress)
             else:
                 self._extract(source, extractor, layer, np.arange(source.n), device, batch_size, progress, out=path)
-                self._describe(path, source, extractor, layer)
                 feats = np.load(path, mmap_mode="r")
+                self._describe(path, source, extractor, layer, feats.shape[1])
         self._memory[key] = feats
         return feats
 
@@ -136,7 +205,7 @@ class FeatureStore:
 
     def _load(self, path: Path) -> np.ndarray | ShardedRows | None:
         if path.exists():
-            return self._checked(path, self._expected_rows(path))
+            return self._checked(path, *self._expected_shape(path))
         manifest = self._manifest(path)
         if not manifest.exists():
             return None
@@ -145,23 +214,33 @@ class FeatureStore:
         except (ValueError, KeyError, TypeError, OSError) as e:
             _move_aside(manifest, f"unreadable manifest ({type(e).__name__})")
             return None
-        parts = [self._checked(path.parent / s["file"], s["stop"] - s["start"]) for s in shards]
+        width = self._expected_shape(path)[1]
+        parts = [self._checked(path.parent / s["file"], s["stop"] - s["start"], width) for s in shards]
         if any(p is None for p in parts):
             _move_aside(manifest, "a shard it lists is missing or damaged")
             return None
         return ShardedRows(parts, [s["start"] for s in shards])
 
     @staticmethod
-    def _expected_rows(path: Path) -> int | None:
-        """Rows the key's sidecar promises (None when there is no readable sidecar)."""
+    def _expected_shape(path: Path) -> tuple[int | None, int | None]:
+        """(rows, width) the key's sidecar promises (None for what it does not say; sidecars written
+        before the width was stored have rows only)."""
         try:
-            return int(json.loads(path.with_suffix(".json").read_text())["n"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            side = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None, None
+        out = []
+        for field in ("n", "d"):
+            try:
+                out.append(int(side[field]))
+            except (KeyError, TypeError, ValueError):
+                out.append(None)
+        return out[0], out[1]
 
-    def _checked(self, path: Path, rows: int | None) -> np.ndarray | None:
+    def _checked(self, path: Path, rows: int | None, width: int | None = None) -> np.ndarray | None:
         """The memory-mapped features at ``path`` if they are a 2-D array of this store's dtype with
-        ``rows`` rows; otherwise the file is moved aside (one warning line) and None returned."""
+        ``rows`` rows and ``width`` columns; otherwise the file is moved aside (one warning line)
+        and None returned."""
         if not path.exists():
             return None
         try:
@@ -176,23 +255,20 @@ class FeatureStore:
             problem = f"dtype {feats.dtype}, expected {self.dtype}"
         elif rows is not None and feats.shape[0] != rows:
             problem = f"{feats.shape[0]} rows, expected {rows}"
+        elif width is not None and feats.shape[1] != width:
+            problem = f"{feats.shape[1]} features wide, expected {width}"
         if problem:
             del feats
             _move_aside(path, problem)
             return None
         return feats
 
-    @staticmethod
-    def _save(path: Path, feats: np.ndarray) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)  # atomic: readers see the whole file or none
-
-    def _describe(self, path: Path, source, extractor, layer: str) -> None:
-        write_atomic(path.with_suffix(".json"), json.dumps(
-            {"dataset": source.name, "revision": source.revision, "n": source.n, "layer": layer,
-             "dtype": self.dtype, "extractor": extractor.cache_key()}, indent=1, default=str))
+    def _describe(self, path: Path, source, extractor, layer: str, width: int) -> None:
+        side = path.with_suffix(".json")
+        with cache_write(side, side.with_name(f".{side.name}.{os.getpid()}.tmp")):
+            write_atomic(side, json.dumps(
+                {"dataset": source.name, "revision": source.revision, "n": source.n, "d": width, "layer": layer,
+                 "dtype": self.dtype, "extractor": extractor.cache_key()}, indent=1, default=str))
 
     def _extract_sharded(self, path, source, extractor, layer, device, batch_size, progress) -> None:
         ctx = distributed.context()
@@ -207,8 +283,12 @@ class FeatureStore:
         if ctx.is_main:
             shards = [{"file": self._shard_path(path, r, ctx.world_size).name, "start": a, "stop": b}
                       for r, (a, b) in enumerate(bounds)]
-            write_atomic(self._manifest(path), json.dumps({"n": source.n, "shards": shards}, indent=1))
-            self._describe(path, source, extractor, layer)
+            manifest = self._manifest(path)
+            with cache_write(manifest, manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")):
+                write_atomic(manifest, json.dumps({"n": source.n, "shards": shards}, indent=1))
+            widths = [np.load(path.parent / s["file"], mmap_mode="r").shape[1]
+                      for s in shards if s["stop"] > s["start"]]
+            self._describe(path, source, extractor, layer, widths[0] if widths else 0)
         distributed.barrier()
 
     def _extract(self, source, extractor, layer, indices: np.ndarray, device, batch_size, progress,
@@ -220,7 +300,8 @@ class FeatureStore:
         feats: np.ndarray | None = None
         tmp = None if out is None else out.with_name(f".{out.stem}.tmp{os.getpid()}.npy")
         if tmp is not None:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            with cache_write(out.parent):
+                tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             pos = 0
             batches = extractor.iter_layers(source, indices, [layer], device=device, batch_size=batch_size,
@@ -228,25 +309,28 @@ class FeatureStore:
             with worker_errors():
                 for batch in batches:
                     rows = pool(batch[layer]).float().cpu().numpy().astype(self.dtype, copy=False)
-                    if feats is None:
-                        shape = (n, rows.shape[1])
-                        feats = np.empty(shape, dtype=self.dtype) if tmp is None else _RowWriter(tmp, shape, self.dtype)
-                    feats[pos:pos + len(rows)] = rows
+                    if tmp is None:
+                        feats = np.empty((n, rows.shape[1]), dtype=self.dtype) if feats is None else feats
+                        feats[pos:pos + len(rows)] = rows
+                    else:
+                        with cache_write(out, tmp):
+                            feats = _RowWriter(tmp, (n, rows.shape[1]), self.dtype) if feats is None else feats
+                            feats[pos:pos + len(rows)] = rows
                     pos += len(rows)
-            if feats is None:
-                feats = np.zeros((0, 0), dtype=self.dtype)
-                if tmp is not None:
-                    np.save(tmp, feats)
-            if tmp is not None:
+            if tmp is None:
+                return feats if feats is not None else np.zeros((0, 0), dtype=self.dtype)
+            with cache_write(out, tmp):
+                if feats is None:
+                    np.save(tmp, np.zeros((0, 0), dtype=self.dtype))
                 if isinstance(feats, _RowWriter):
                     feats.close()
                 os.replace(tmp, out)  # atomic: readers see the whole file or none
-                tmp = None
-                return None
-            return feats
+            tmp = None
+            return None
         finally:
             if isinstance(feats, _RowWriter):
-                feats.close()
+                with contextlib.suppress(OSError):   # a close that fails to flush: the file goes anyway
+                    feats.close()
             if tmp is not None:  # interrupted (error, Ctrl-C, dead worker): keep only complete files
                 tmp.unlink(missing_ok=True)
 

@@ -19,12 +19,21 @@ pixel and wavelet readers) iterates batches of a source through :class:`DataPipe
   (one file at a time), and a file that no decoder reads raises the usual one-line DataError.
 * **Errors.** A DataError in a worker (corrupt file) comes back as data and is raised in the
   main process as the same one line; a worker that dies ends the run with one line.
+* **Shared memory.** Workers hand batches over through ``/dev/shm``. When it cannot hold one
+  batch per worker, fewer workers are used (0: decode in-process), with one warning line. A
+  worker that still cannot place a batch there (torch's queue thread would only print and leave
+  the main process waiting forever) exits, and the run ends with one line; a batch that takes
+  longer than ``BENCH_LOADER_TIMEOUT`` seconds (a read that never returns) ends it too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
+import mmap
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +46,13 @@ from bench.errors import BenchError, DataError
 #: upper bound of the default worker count (beyond it decode rarely scales on one node)
 MAX_DEFAULT_WORKERS = 32
 DECODE_MODES = ("auto", "cpu", "gpu")
+SHM_PATH = "/dev/shm"
+SHM_FULL = "shared memory full: use --workers 0 or enlarge /dev/shm (e.g. docker run --shm-size 8g)"
+#: seconds one batch may take before the run ends (a read that never returns); $BENCH_LOADER_TIMEOUT
+DEFAULT_LOADER_TIMEOUT = 600
+#: one byte shared with forked workers: why the last worker gave up (0 none, 1 shared memory, 2 other)
+_WORKER_FAULT = mmap.mmap(-1, 1)
+_warned: set[tuple] = set()
 
 
 def usable_cores() -> int:
@@ -64,6 +80,23 @@ def check_workers(workers: int | None) -> int:
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
         raise BenchError(f"--workers must be an integer >= 0 (0 decodes in the main process), got {workers!r}")
     return int(workers)
+
+
+def check_decode(decode: str, device: torch.device | str | None) -> str:
+    """``--decode gpu`` on a run without a CUDA device is ONE line, not a quiet CPU decode."""
+    if decode not in DECODE_MODES:
+        raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    if decode == "gpu" and device is not None and torch.device(device).type != "cuda":
+        raise BenchError(f"--decode gpu needs a CUDA device, but this run's device is {device}; use --device cuda, "
+                         "or --decode auto|cpu")
+    return decode
+
+
+def loader_timeout() -> float:
+    try:
+        return max(1.0, float(os.environ.get("BENCH_LOADER_TIMEOUT", DEFAULT_LOADER_TIMEOUT)))
+    except ValueError:
+        return float(DEFAULT_LOADER_TIMEOUT)
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -113,6 +146,8 @@ class _Batches(torch.utils.data.Dataset):
             if self.mode == "exact":
                 return torch.cat([exact_resize(self.source.native(int(i)), self.geometry) for i in rows])
             blobs = [read_bytes(self.source.paths[int(i)]) for i in rows]
+            for i, blob in zip(rows, blobs):
+                _check_header(blob, self.source.paths[int(i)])
             # one tensor (one shared-memory segment) per batch rather than one per file
             return torch.cat(blobs), torch.tensor([len(b) for b in blobs], dtype=torch.int64)
         except DataError as e:
@@ -143,8 +178,36 @@ def exact_resize(image: np.ndarray, geometry: Callable[[torch.Tensor], torch.Ten
     return geometry(to_uint8_batch(image[None], device))
 
 
+def _check_header(blob: torch.Tensor, path: str) -> None:
+    """Refuse, from the header alone, an image whose decode or resize on the device would allocate
+    without bound (extreme aspect ratio, decompression bomb); files PIL cannot identify pass on
+    to the CPU decoder and its own one-line error."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from bench.datasets.real import check_shape
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob.numpy().tobytes())) as im:
+                size = im.size
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return
+    check_shape(*size, path)
+
+
 def read_bytes(path: str) -> torch.Tensor:
-    """A file's bytes as a uint8 tensor (what ``decode_jpeg`` takes); a missing file → DataError."""
+    """A file's bytes as a uint8 tensor (what ``decode_jpeg`` takes); a missing file or one that is
+    not a regular file (a FIFO would block) → DataError."""
+    from bench.datasets.real import not_regular
+
+    kind = not_regular(path)
+    if kind is not None and kind != "missing":
+        raise DataError(f"cannot read image {path}: it is {kind}; remove it")
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -158,6 +221,19 @@ def read_bytes(path: str) -> torch.Tensor:
 def _worker_init(_worker_id: int) -> None:
     # decoding is one image per worker at a time: one thread each, no oversubscription
     torch.set_num_threads(1)
+    # a batch the queue thread cannot send (shared memory full) is only printed by default, and the
+    # main process then waits for it forever: exit instead, so the main process sees a dead worker
+    import multiprocessing.queues
+
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_feeder_failed)
+
+
+def _feeder_failed(e: BaseException, _obj: Any) -> None:
+    """In a worker: its batch could not be sent. Say why through the shared byte, then exit."""
+    text = str(e)
+    shm = getattr(e, "errno", None) == errno.ENOSPC or "shared memory" in text or "No space left" in text
+    _WORKER_FAULT[0] = 1 if shm else 2
+    os._exit(3)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -181,7 +257,7 @@ class DataPipeline:
         self.device = torch.device(device)
         self.transform = transform
         self.prefetch = max(1, int(prefetch))
-        if decode not in DECODE_MODES:
+        if decode not in DECODE_MODES:   # "gpu" on the CPU device runs the device path there (tests do)
             raise BenchError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
         in_memory = getattr(source, "array", None) is not None
         self.workers = 0 if in_memory else check_workers(workers)
@@ -214,11 +290,13 @@ class DataPipeline:
             yield rows, (self._decode_on_device(item, rows) if self.mode == "bytes" else item)
 
     def _loader(self, data: _Batches) -> Iterator[Any]:
-        if self.workers == 0:
+        workers = shm_workers(self.workers, self._item_bytes()) if self.workers else 0
+        if workers == 0:
             return (data[k] for k in range(len(data)))
-        return guarded(worker_loader(data, workers=self.workers,
+        return guarded(worker_loader(data, workers=workers,
                                      pin_memory=self.device.type == "cuda" and self.mode != "bytes",
-                                     prefetch=shm_prefetch(self.prefetch, self.workers, self._item_bytes())))
+                                     prefetch=shm_prefetch(self.prefetch, workers, self._item_bytes()),
+                                     timeout=loader_timeout()))
 
     def _item_bytes(self) -> int:
         """Rough size of one batch in shared memory."""
@@ -271,20 +349,42 @@ def decode_jpegs(blobs: list[torch.Tensor], keys: list[int], device: torch.devic
         return out
 
 
-def shm_prefetch(prefetch: int, workers: int, item_bytes: int, path: str = "/dev/shm") -> int:
-    """Batches prefetched per worker, lowered so that all of them fit in half the free shared
-    memory (containers often mount a small /dev/shm; workers pass batches through it)."""
+def shm_free(path: str | None = None) -> int | None:
+    """Free bytes in the shared-memory mount workers pass batches through (None: unknown)."""
     import shutil
 
     try:
-        free = shutil.disk_usage(path).free
+        return shutil.disk_usage(path or SHM_PATH).free
     except OSError:
+        return None
+
+
+def shm_workers(workers: int, item_bytes: int) -> int:
+    """As many of ``workers`` as half the free shared memory holds one batch each (containers often
+    mount a small /dev/shm); fewer, down to 0 (decode in-process), with one warning line."""
+    free = shm_free()
+    if free is None or workers == 0:
+        return workers
+    fit = int(min(workers, free // 2 // max(1, item_bytes)))
+    if fit < workers and (workers, fit) not in _warned:
+        _warned.add((workers, fit))
+        print(f"warning: {SHM_PATH} has {free / 2**20:.1f} MiB free, room for the batches of {fit} of {workers} "
+              f"data-loading workers; using {fit}{' (decoding in the main process)' if fit == 0 else ''}. "
+              "Enlarge /dev/shm (e.g. docker run --shm-size 8g) for speed", file=sys.stderr, flush=True)
+    return fit
+
+
+def shm_prefetch(prefetch: int, workers: int, item_bytes: int, path: str | None = None) -> int:
+    """Batches prefetched per worker, lowered so that all of them fit in half the free shared
+    memory (containers often mount a small /dev/shm; workers pass batches through it)."""
+    free = shm_free(path)
+    if free is None:
         return prefetch
     return int(max(1, min(prefetch, free // 2 // max(1, workers * item_bytes))))
 
 
 def worker_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory: bool = False,
-                  prefetch: int = 4) -> torch.utils.data.DataLoader:
+                  prefetch: int = 4, timeout: float = 0) -> torch.utils.data.DataLoader:
     """The DataLoader every consumer uses: items are whole batches, in order, ``workers`` processes
     (each one thread), prefetching ``prefetch`` batches each. Forked where the platform allows, so
     sources with closures (folder loaders) need no pickling. No randomness: its generator is private."""
@@ -294,7 +394,7 @@ def worker_loader(dataset: torch.utils.data.Dataset, *, workers: int, pin_memory
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                        pin_memory=pin_memory, prefetch_factor=prefetch,
                                        persistent_workers=False, worker_init_fn=_worker_init,
-                                       multiprocessing_context=ctx,
+                                       multiprocessing_context=ctx, timeout=timeout,
                                        generator=torch.Generator().manual_seed(0))
 
 
@@ -309,8 +409,20 @@ def worker_errors() -> Iterator[None]:
     except RuntimeError as e:
         text = str(e).strip().splitlines()
         first = text[0].strip() if text else type(e).__name__
+        if first.startswith("DataLoader timed out"):
+            free = shm_free()
+            if free is not None and free < 2**20:
+                raise BenchError(SHM_FULL) from None
+            raise BenchError(f"no batch came from the data-loading workers in {loader_timeout():.0f} s (a read that "
+                             "never returns, e.g. a hung network file system?); rerun with --workers 0 to see the "
+                             "file, or raise BENCH_LOADER_TIMEOUT") from None
         if not first.startswith("DataLoader worker"):
             raise
+        if _WORKER_FAULT[0] == 1:
+            raise BenchError(SHM_FULL) from None
+        if _WORKER_FAULT[0] == 2:
+            raise BenchError("a data-loading worker could not hand its batch to the main process; rerun with "
+                             "--workers 0") from None
         raise BenchError(f"a data-loading worker died ({first}); the run stopped and nothing partial was "
                          "cached; rerun (with fewer --workers if memory ran out)") from None
 
@@ -318,6 +430,7 @@ def worker_errors() -> Iterator[None]:
 def guarded(items) -> Iterator[Any]:
     """Iterate a worker loader: a dead worker → ONE line; workers shut down when the iteration ends
     or is interrupted (Ctrl-C, an error downstream)."""
+    _WORKER_FAULT[0] = 0
     it = iter(items)
     try:
         with worker_errors():

@@ -251,7 +251,16 @@ def bootstrap_weights(blocks: Blocks, rng: np.random.Generator, sides=(0, 1)) ->
 def bootstrap(draws: Draws, reps: int, seed: int, sides=(0, 1)) -> np.ndarray:
     """Scores of ``reps`` block-bootstrap resamples (each side within itself)."""
     rng = np.random.default_rng([seed, 11])
-    return np.asarray([draws.score(*bootstrap_weights(draws.blocks, rng, sides)) for _ in range(reps)])
+    out, degenerate = [], 0
+    for _ in range(reps):
+        try:
+            out.append(draws.score(*bootstrap_weights(draws.blocks, rng, sides)))
+        except DataError:   # e.g. a resample of a 2-image side that drew one image twice
+            degenerate += 1
+    if degenerate > reps // 2:
+        raise DataError(f"{degenerate} of {reps} bootstrap resamples could not be scored (too few distinct images "
+                        "per side); use --bootstrap 0 or more images")
+    return np.asarray(out)
 
 
 @dataclass(frozen=True)

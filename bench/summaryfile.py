@@ -232,6 +232,10 @@ def check_matches(summary: SavedSummary, *, features: dict[str, Any], methods: d
     """ONE-line BenchError naming the first thing that differs between the saved summary and the
     comparison about to be made (extractor cache key, precision, a method's version or parameters)."""
     name = summary.path.name if summary.path else "the saved summary"
+    saved_ext, now_ext = summary.features.get("extractor"), features.get("extractor")
+    if saved_ext != now_ext:
+        raise BenchError(f"{name} was made with extractor {saved_ext!r}, this comparison uses {now_ext!r}; "
+                         f"pass --extractor {saved_ext} or summarise again with --extractor {now_ext}")
     diff = _first_difference(summary.features, jsonable(features), "features")
     if diff:
         raise BenchError(f"{name} was made with other features ({diff}); summarise again with the same "

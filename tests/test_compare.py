@@ -171,7 +171,8 @@ def bad_inputs(lfw, tmp_path_factory) -> dict[str, Path]:
     (["{faces}", "{faces}"], "A and B are the same dataset"),
     (["{faces}", "{empty}"], "no images found"),
     (["{faces}", "{one}"], "has 1 image"),
-    (["{other}", "{nonfaces}", "--extractor", "pixels"], "made with other features"),
+    (["{other}", "{nonfaces}", "--extractor", "pixels"],
+     "made with extractor .tiny-vit., this comparison uses .pixels."),
     (["{saved}", "{nonfaces}", "--extractor", "pixels", "--methods", "dna"], "holds no summary for method 'dna'"),
     (["{saved}", "{nonfaces}", "--extractor", "pixels", "--methods", "fd", "--set", "fd.layer=tokens"],
      "fd.params.layer: saved 'pooled', now 'tokens'"),
@@ -253,3 +254,31 @@ def test_sides_with_different_image_sizes(tmp_path):
     assert main(["compare", "digits", "synth-passnet", "--methods", "fd", "--limit", "20", "--permutations", "9",
                  "--out", str(tmp_path / "r"), *FAST]) == 0
     assert _records(tmp_path / "r")["fd"].metrics["n_b"].value == 20
+
+
+# --------------------------------------------------------------------------- one pass, any number of draws
+
+
+def test_every_image_goes_through_the_network_once_whatever_the_draws(lfw, tmp_path, monkeypatch):
+    """Forward passes of fd + dna through a real network (tiny-vit) do not grow with the number of
+    permutations and resamples: each image of A ∪ B is extracted once for the pooled features and
+    streamed once for DNA's layers (its range pass on A is served from memory)."""
+    from bench.extractors.timm_models import TimmExtractor
+
+    seen: list[int] = []
+    forward = TimmExtractor.forward
+
+    def counting(self, batch, layers=("pooled",)):
+        seen.append(int(batch.shape[0]))
+        return forward(self, batch, layers)
+
+    monkeypatch.setattr(TimmExtractor, "forward", counting)
+    counts = {}
+    for draws in (3, 60):
+        seen.clear()
+        assert main(["compare", str(lfw / "faces-half1"), str(lfw / "faces-half2"), "--methods", "fd,dna",
+                     "--extractor", "tiny-vit", "--no-progress", "--no-cache", "--permutations", str(draws),
+                     "--bootstrap", str(draws), "--workers", "0", "--out", str(tmp_path / str(draws))]) == 0
+        counts[draws] = sum(seen)
+    assert counts[3] == counts[60]
+    assert counts[60] <= 2 * 100 + 50   # pooled features of A ∪ B, DNA's layers of A ∪ B, A's range pass

@@ -176,7 +176,7 @@ def test_set_without_role_goes_to_the_role_that_has_it(tmp_path, capsys):
 
 def test_run_resources_never_enter_the_comparability_key():
     regs = plugins.load()
-    from bench.runner import split_params
+    from bench.context import split_params
 
     a = create_method(regs, "protosim", preset="quick")
     io = {"num_workers": 3, "checkpoint_dir": "/tmp/x"}

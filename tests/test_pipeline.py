@@ -3,6 +3,7 @@ fallback (exercised with torchvision's CPU decoder), precision keys, bad input, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -154,7 +155,9 @@ def corrupt_folder(tmp_path):
 def test_corrupt_jpeg_gives_one_line_naming_the_file(corrupt_folder, tiny, workers, decode, capfd):
     src = imagefolder_source(corrupt_folder)
     store = FeatureStore(corrupt_folder / "cache")
-    tiny.configure(workers=workers, decode=decode)
+    tiny.configure(workers=workers)
+    # the device-decode path on the CPU device (configure refuses gpu without CUDA)
+    tiny.config = dataclasses.replace(tiny.config, decode=decode)
     try:
         with pytest.raises(DataError) as err:
             store.features(src, tiny, batch_size=2)

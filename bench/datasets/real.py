@@ -20,7 +20,14 @@ its bytes enter the revision, so changed ground truth never reuses old records.
 Unreadable files: a corrupt or truncated image raises a one-line ``DataError`` naming
 the file when it is read (never silently replaced). ``bench.datasets.drop_unreadable``
 decodes every file up front and returns the source without them, listing what it
-skipped in ``notes["skipped_files"]``.
+skipped in ``notes["skipped_files"]``. Only regular files are read: a named pipe would block
+``open()`` forever and a device would stream forever, so an entry named like an image that is
+not a regular file (or a dangling link) is skipped at listing with one warning line. An image
+whose aspect ratio is beyond 1:``MAX_ASPECT`` is refused before it is decoded (a 1×100000 strip
+scaled to a shorter side of 256 would need ~20 GB).
+
+Pixels: EXIF orientation is applied, and transparent pixels are composited on white (as the
+packaged clip-art is), so the hidden RGB under alpha never reaches a model.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ import hashlib
 import os
 import pickle
 import posixpath
+import stat
+import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +56,46 @@ if TYPE_CHECKING:
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
                               ".pgm", ".pbm"})
 DEFAULT_SIZE = 256
+#: the longer side may be at most this many times the shorter one (checked before decoding): scaling
+#: the shorter side to 256 then allocates at most 256 × 65,536 RGB pixels (50 MB)
+MAX_ASPECT = 256
+#: how files become pixels (EXIF orientation, alpha on white); in every file-backed revision, so
+#: features cached under the older decoding are never reused
+DECODE_REVISION = "decode=exif+alpha-white"
+
+
+def not_regular(path: str | os.PathLike) -> str | None:
+    """None for a regular file (symlinks followed), else what it is, for a one-line message."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a symbolic link to {os.readlink(path)}, which does not exist"
+        return "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISFIFO(st.st_mode):
+        return "a named pipe (FIFO), not a regular file"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device, not a regular file"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket, not a regular file"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    return "not a regular file"
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One ``warning: …`` line on stderr (workers too: they share the terminal), once per process
+    however often the same folder is listed or the same file read."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- files
@@ -55,9 +105,12 @@ def _walk(root: Path) -> list[str]:
     """Sorted relative paths of image files under ``root`` (recursive, hidden entries skipped).
 
     Symlinked folders are followed, but one that leads back to a folder above it (a loop,
-    which would list forever) is a one-line DataError naming the link.
+    which would list forever) is a one-line DataError naming the link. An entry named like an
+    image that is not a regular file (a FIFO, a device, a dangling link) is skipped, with one
+    warning line for the whole listing.
     """
     out: list[str] = []
+    skipped: list[str] = []
     try:
         top = os.stat(root)
     except OSError as e:
@@ -85,7 +138,19 @@ def _walk(root: Path) -> list[str]:
                                     "it: a symbolic link loop; remove or fix the link")
                 stack.append((Path(entry.path), above | {ident}))
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                out.append(os.path.relpath(entry.path, root))
+                try:
+                    regular = entry.is_file()   # links followed; no extra stat for plain files
+                except OSError:
+                    regular = False
+                if regular:
+                    out.append(os.path.relpath(entry.path, root))
+                else:
+                    skipped.append(f"{entry.path} ({not_regular(entry.path) or 'not a regular file'})")
+    if skipped:
+        skipped.sort()
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warn(f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} named like images that "
+             f"cannot be read as files: {'; '.join(skipped[:3])}{more}")
     out.sort()
     return out
 
@@ -131,16 +196,70 @@ def to_uint8_rgb(img) -> Image.Image:
     return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
 
 
-def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
+def check_shape(width: int, height: int, what) -> None:
+    """Refuse an image whose resize would allocate without bound, before it is decoded."""
+    short, long = min(width, height), max(width, height)
+    if short < 1:
+        raise DataError(f"cannot read image {what}: it is {width}×{height} pixels (empty)")
+    if long > MAX_ASPECT * short:
+        raise DataError(f"image {what} is {width}×{height} pixels, an aspect ratio beyond 1:{MAX_ASPECT} (scaling "
+                        "its shorter side allocates in proportion to it); crop it or remove the file")
+
+
+def _upright(img, opened):
+    """``img`` (decoded from ``opened``) turned as ``opened``'s EXIF orientation says, as viewers
+    show it; applied after the RGB conversion, which needs the file's own mode and format."""
+    from PIL import Image
+
+    try:
+        orientation = opened.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is ignored, as viewers do
+        return img
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(orientation)
+    return img if method is None else img.transpose(method)
+
+
+def _on_white(img):
+    """Transparent pixels composited on white (RGBA, LA, PA, palette or RGB with tRNS)."""
+    from PIL import Image
+
+    if img.mode in ("I", "F") or img.mode.startswith("I;") or not img.has_transparency_data:
+        return img
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def read_image(path, size: int | None = DEFAULT_SIZE, *, what: str | None = None) -> np.ndarray:
     """Decode one image to RGB uint8; ``size``: shorter side → size, centre crop to a square.
 
-    A corrupt or truncated file raises a one-line DataError naming it.
+    ``path`` is a file path or a binary file object (``what`` names it in messages). A corrupt or
+    truncated file, a path that is not a regular file, or an extreme aspect ratio raises a
+    one-line DataError naming it; an image over PIL's decompression-bomb warning size is one
+    warning line.
     """
     from PIL import Image, UnidentifiedImageError
 
+    what = what or str(path)
+    if isinstance(path, (str, os.PathLike)):
+        kind = not_regular(path)
+        if kind == "missing":
+            raise DataError(f"image file {path} has disappeared since the dataset was listed")
+        if kind is not None:
+            raise DataError(f"cannot read image {path}: it is {kind}; remove it")
     try:
-        with Image.open(path) as opened:
-            img = to_uint8_rgb(opened)  # forces a full decode: truncation is detected here
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                check_shape(*opened.size, what)
+                img = _upright(to_uint8_rgb(_on_white(opened)), opened)  # a full decode: truncation shows here
+        for w in caught:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                warn(f"image {what} has {opened.size[0] * opened.size[1] / 1e6:.0f} Mpx, over PIL's "
+                     f"decompression-bomb warning size ({Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx); decoding it anyway")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if size is not None:
             w, h = img.size
             scale = size / min(w, h)
@@ -151,10 +270,10 @@ def read_image(path: str | Path, size: int | None = DEFAULT_SIZE) -> np.ndarray:
             img = img.crop((left, top, left + size, top + size))
         return np.asarray(img, dtype=np.uint8).copy()
     except FileNotFoundError:
-        raise DataError(f"image file {path} has disappeared since the dataset was listed") from None
+        raise DataError(f"image file {what} has disappeared since the dataset was listed") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot read image {path}: {msg} (corrupt or truncated? remove or replace the file)") \
+        raise DataError(f"cannot read image {what}: {msg} (corrupt or truncated? remove or replace the file)") \
             from None
 
 
@@ -169,8 +288,14 @@ def read_duplicates_csv(root: Path, relpaths: list[str]) -> tuple[np.ndarray, st
     and the line: a typo must not silently lower recall.
     """
     path = root / DUPLICATES_CSV
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    if path.is_symlink() and not _inside(path, root):
+        # its content would be echoed in messages and records: a handed-over folder must not read other files
+        raise DataError(f"{path} is a symbolic link to a file outside {root}; copy the pairs into the folder")
+    kind = not_regular(path)
+    if kind is not None:
+        raise DataError(f"{path} is {kind}; the known pairs must be a regular CSV file")
     try:
         raw = path.read_bytes()
         rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
@@ -178,7 +303,7 @@ def read_duplicates_csv(root: Path, relpaths: list[str]) -> tuple[np.ndarray, st
         raise DataError(f"cannot read {path}: {e} (expected UTF-8 CSV with header path_a,path_b[,kind])") from None
     header = [c.strip() for c in rows[0]] if rows else []
     if header[:2] != ["path_a", "path_b"]:
-        raise DataError(f"{path}, line 1: the header must be path_a,path_b[,kind], got {','.join(header)!r}")
+        raise DataError(f"{path}, line 1: the header must be path_a,path_b[,kind]")
     index = {rel: i for i, rel in enumerate(relpaths)}
     pairs = []
     for line, row in enumerate(rows[1:], start=2):
@@ -199,6 +324,14 @@ def read_duplicates_csv(root: Path, relpaths: list[str]) -> tuple[np.ndarray, st
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), hashlib.sha256(raw).hexdigest()[:16]
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links resolved, lies under ``root`` (links resolved)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+    except (OSError, ValueError):
+        return False
+
+
 def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, class_names=None,
                    groups=None, group_names=None, size: int = DEFAULT_SIZE, roots: list[Path] | None = None,
                    notes: dict | None = None, revision: str | None = None,
@@ -206,7 +339,8 @@ def _folder_source(name: str, root: Path, relpaths: list[str], *, labels=None, c
     """An ImageSource over files; ``roots[i]`` (optional) is the root of file ``i``; ``duplicates``
     from :func:`read_duplicates_csv` (its hash enters the revision)."""
     paths = [str((roots[i] if roots else root) / rel) for i, rel in enumerate(relpaths)]
-    extra = f"{name}|size={size}|pixels=native" + (f"|duplicates={duplicates[1]}" if duplicates else "")
+    extra = f"{name}|size={size}|pixels=native|{DECODE_REVISION}"
+    extra += f"|duplicates={duplicates[1]}" if duplicates else ""
 
     def loader(i: int) -> np.ndarray:
         return read_image(paths[i], size)
@@ -551,13 +685,28 @@ def _names(meta: dict, key: bytes, path: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, path)]
 
 
+def _labels(batches: list[dict], key: bytes, path: Path, rows: int, names: list[str]) -> np.ndarray:
+    """The ``key`` labels of ``batches``: one per image row, each an index into ``names``."""
+    try:
+        labels = np.concatenate([np.asarray(_field(b, key, path), dtype=np.int64).reshape(-1) for b in batches])
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{path}: CIFAR {key.decode()!r} must be integers") from None
+    if len(labels) != rows:
+        raise DataError(f"{path}: {len(labels)} {key.decode()!r} for {rows} images (one label per image)")
+    bad = (labels < 0) | (labels >= len(names))
+    if bad.any():
+        raise DataError(f"{path}: {key.decode()!r} holds {int(labels[bad][0])}, outside 0..{len(names) - 1} "
+                        f"({len(names)} class names)")
+    return labels
+
+
 def load_cifar10(split: str = "train") -> ImageSource:
     base = CIFAR10.get()
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     batches = [_unpickle(base / f) for f in files]
     images = _cifar_images(batches, base)
-    labels = np.concatenate([np.asarray(_field(b, b"labels", base), dtype=np.int64) for b in batches])
     classes = _names(_unpickle(base / "batches.meta"), b"label_names", base / "batches.meta")
+    labels = _labels(batches, b"labels", base, len(images), classes)
     name = "cifar10" if split == "train" else "cifar10-test"
     return ImageSource(name=name, revision=content_revision(images, labels, extra=name), n=len(images),
                        array=images, labels=labels, class_names=classes, notes={"root": str(base), "split": split})
@@ -569,14 +718,15 @@ def load_cifar100(split: str = "train") -> ImageSource:
     batch = _unpickle(base / ("train" if split == "train" else "test"))
     meta = _unpickle(base / "meta")
     images = _cifar_images([batch], base)
-    labels = np.asarray(_field(batch, b"fine_labels", base), dtype=np.int64)
-    coarse = np.asarray(_field(batch, b"coarse_labels", base), dtype=np.int64)
+    fine_names = _names(meta, b"fine_label_names", base / "meta")
     coarse_names = _names(meta, b"coarse_label_names", base / "meta")
+    labels = _labels([batch], b"fine_labels", base, len(images), fine_names)
+    coarse = _labels([batch], b"coarse_labels", base, len(images), coarse_names)
     concepts = np.zeros((len(images), len(coarse_names)), dtype=bool)
     concepts[np.arange(len(images)), coarse] = True
     name = "cifar100" if split == "train" else "cifar100-test"
     return ImageSource(name=name, revision=content_revision(images, labels, coarse, extra=name), n=len(images),
-                       array=images, labels=labels, class_names=_names(meta, b"fine_label_names", base / "meta"),
+                       array=images, labels=labels, class_names=fine_names,
                        concepts=concepts, concept_names=[f"superclass:{c}" for c in coarse_names],
                        concept_groups={"superclass": list(range(len(coarse_names)))},
                        notes={"root": str(base), "split": split})

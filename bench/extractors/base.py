@@ -172,7 +172,10 @@ class Extractor:
     def configure(self, **changes: Any) -> Extractor:
         """A new validated config with ``changes`` (precision, workers, decode): for tests and tools
         that build an extractor by hand; the verbs declare it once through :func:`create_extractor`."""
+        from bench.pipeline import check_decode
+
         self.config = dataclasses.replace(self.config, **{k: v for k, v in changes.items() if v is not None})
+        check_decode(self.config.decode, self.device)   # gpu without CUDA: one line before any work
         return self
 
     def precision_context(self):
@@ -199,14 +202,13 @@ class ExtractorConfig:
     decode: str = "auto"
 
     def __post_init__(self) -> None:
-        from bench.pipeline import DECODE_MODES, check_workers
+        from bench.pipeline import check_decode, check_workers
 
         if self.precision not in PRECISIONS:
             raise BenchError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.workers is not None:
             check_workers(self.workers)
-        if self.decode not in DECODE_MODES:
-            raise BenchError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
+        check_decode(self.decode, None)
 
 
 Extractor.config = ExtractorConfig()
@@ -217,4 +219,7 @@ def create_extractor(factory, *, weights: str | None, device: torch.device | str
     """A registered extractor factory's extractor, with its declared config."""
     extractor = factory(weights=weights, device=device)
     extractor.config = config
+    from bench.pipeline import check_decode
+
+    check_decode(config.decode, extractor.device)   # gpu without CUDA: one line before any work
     return extractor

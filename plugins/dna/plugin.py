@@ -321,6 +321,21 @@ class DNAComparator(Comparator):
             raise DataError("dna: cannot summarise an empty set")
         return reference_to_dict(self._reference(a, seed))
 
+    def check_summary(self, summary: dict[str, Any]) -> None:
+        """Counts non-negative, one histogram row per neuron, ranges with min ≤ max."""
+        layers = list(summary["layers"])
+        neurons = {k: int(v) for k, v in summary["neurons"].items()}
+        for k in layers:
+            lo, hi = np.asarray(summary[f"range_min:{k}"]), np.asarray(summary[f"range_max:{k}"])
+            if lo.shape != (neurons[k],) or hi.shape != lo.shape or (lo > hi).any():
+                raise DataError(f"dna: the saved ranges of layer {k!r} are malformed (shape or min > max)")
+            for key in (f"counts:{k}", f"state.counts:{k}"):
+                if key in summary:
+                    c = np.asarray(summary[key])
+                    if c.shape[-2:] != (neurons[k], self.bins) or (c < 0).any():
+                        raise DataError(f"dna: the saved histograms {key!r} are malformed (shape {c.shape} "
+                                        f"for {neurons[k]} neurons × {self.bins} bins, or negative counts)")
+
     def compare_summary(self, summary: dict[str, Any], b: DataView, *, seed: int = 0) -> Comparison:
         self._check()
         if len(b) == 0:
