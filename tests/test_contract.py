@@ -16,6 +16,7 @@ from bench.conformance import check_method, default_view, method_checks
 from bench.errors import BenchError
 from bench.registry import Registry
 
+
 @functools.cache
 def _view() -> DataView:
     return default_view()
