@@ -90,6 +90,9 @@ class Comparison:
     detail: dict[str, Any] = field(default_factory=dict)
     statistics: dict[str, float] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    #: a p-value the comparator computes exactly (e.g. the atlas's Simes combination of Fisher's exact
+    #: tests); ``bench compare`` reports it instead of the permutation null's, and says so
+    p_value: float | None = None
 
 
 # --------------------------------------------------------------------------- inputs

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--alpha", type=float, default=0.05,
                     help="significance level of the decision; p-values are Holm-adjusted across comparators "
                     "(default 0.05)")
+    cp.add_argument("--plan", action="store_true",
+                    help="estimate, by subsampling, how many images per side reach 80%% power at the observed "
+                    "effect (per comparator)")
     cp.add_argument("--fail-on-difference", action="store_true",
                     help="exit with status 3 when an adjusted p-value is below --alpha (to gate a CI job)")
     cp.add_argument("--report", type=Path, default=None,
@@ -363,7 +366,7 @@ def cmd_compare(args) -> int:
     from bench.report import build_report
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
-                          bootstrap=args.bootstrap, alpha=args.alpha, report=args.report)
+                          bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report)
     run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
     console.print(f"bench {__version__} · compare [bold]{escape(run.a.name)}[/] (n={run.a.n}) with "
                   f"[bold]{escape(run.b.name)}[/] (n={run.b.n}) · extractor {cfg.extractor} · device {run.device} · "
@@ -384,6 +387,8 @@ def cmd_compare(args) -> int:
                       f"{null.get('draws', 0)} draws" if null.get("draws") else "none", str(run.a.n), str(run.b.n),
                       escape(top), status)
     console.print(table)
+    if cfg.plan:
+        _print_plan(recs, cfg.alpha)
     different = run.different(recs)
     console.print(f"decision at α = {cfg.alpha:g} (Holm across comparators): "
                   + ("[bold]A and B differ[/]" if different else "no difference detected"))
@@ -395,6 +400,21 @@ def cmd_compare(args) -> int:
     if failed:
         return 2
     return EXIT_DIFFERENT if args.fail_on_difference and different else 0
+
+
+def _print_plan(recs, alpha: float) -> None:
+    table = Table(title=f"how many images: 80 % power at α = {alpha:g}, at the observed effect")
+    for col in ("method", "n_A needed", "n_B needed", "power now", "how"):
+        table.add_column(col, overflow="fold")
+    for rec in recs:
+        rows = rec.tables.get("plan")
+        if not rows:
+            continue
+        m = {k: v.value for k, v in rec.metrics.items()}
+        need_a = f"{m['n_for_power_a']:.0f}" if "n_for_power_a" in m else "—"
+        need_b = f"{m['n_for_power_b']:.0f}" if "n_for_power_b" in m else "—"
+        table.add_row(rec.method.name, need_a, need_b, f"{rows[-1]['power']:.2f}", escape(rows[-1]["how"]))
+    console.print(table)
 
 
 def cmd_summarise(args) -> int:

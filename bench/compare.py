@@ -50,6 +50,7 @@ class CompareConfig(SharedConfig):
     bootstrap: int = S.DEFAULT_BOOTSTRAP
     per_class: bool = False
     alpha: float = 0.05
+    plan: bool = False                   # --plan: how many images per side reach 80 % power
     report: Path | None = None
     save: Path | None = None             # bench summarise --save
 
@@ -325,6 +326,9 @@ class CompareRun:
                 null, boot, resampled = self._brute_force(comparator, union, n_a, rec, metrics, direction)
             if cfg.per_class:
                 rec.tables["per_class"] = self._per_class(comparator, union, n_a, direction)
+        if result.p_value is not None and np.isfinite(result.p_value):
+            metrics["p_value"] = float(result.p_value)
+            rec.tables.setdefault("null", [{}])[0]["p_from"] = f"{comparator.name}'s own exact test"
         if boot is not None:
             interval = S.basic_interval(metrics["score"], boot)
             metrics["ci_low"], metrics["ci_high"] = interval.low, interval.high
@@ -371,6 +375,11 @@ class CompareRun:
                                    "null_mean": float(null.mean()),
                                    "null_sd": float(null.std(ddof=1)) if n_draws > 1 else 0.0}]
         boot = S.bootstrap(draws, cfg.bootstrap, seed) if cfg.bootstrap else None
+        if cfg.plan and null is not None:
+            plan = S.power_plan(draws, direction, alpha=cfg.alpha, seed=seed)
+            rec.tables["plan"] = [{**row, "how": plan.how} for row in plan.rows]
+            if plan.n_a is not None:
+                metrics["n_for_power_a"], metrics["n_for_power_b"] = float(plan.n_a), float(plan.n_b)
         return null, boot, f"blocks of A and of B, each within its side ({b.describe()})"
 
     def _brute_force(self, comparator: Comparator, union: DataView, n_a: int, rec: records.Record, metrics: dict,

@@ -70,6 +70,9 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
                "plug-in estimator's small-sample bias moved back"),
     MetricInfo("mde", None, "minimum detectable effect at this n: the score shift above the null's median that "
                "reaches p < α with 80 % power"),
+    MetricInfo("n_for_power_a", None, "images of A (--plan) estimated to reach p < α with 80 % power at the "
+               "observed effect, by subsampling"),
+    MetricInfo("n_for_power_b", None, "images of B at the same estimate (B's share kept)"),
     MetricInfo("null_mean", None, "mean score of the null draws"),
     MetricInfo("n_a", None, "images in A"),
     MetricInfo("n_b", None, "images in B"),

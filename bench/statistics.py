@@ -372,3 +372,83 @@ def minimum_detectable_effect(null: np.ndarray, boot: np.ndarray | None, directi
     from scipy.stats import norm
 
     return max(0.0, crit + norm.ppf(power) * spread - float(np.median(null)))
+
+
+# --------------------------------------------------------------------------- how many images
+
+
+@dataclass(frozen=True)
+class PowerPlan:
+    """How many images per side a comparison needs: the power measured on subsamples of the current
+    sides and the n per side (A's; B scaled alike) estimated to reach ``power`` at ``alpha``."""
+
+    rows: list[dict[str, float]]
+    n_a: int | None
+    n_b: int | None
+    how: str
+
+
+def _subsample_weights(blocks: Blocks, frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    out = []
+    for s in (0, 1):
+        idx = np.flatnonzero(blocks.side == s)
+        take = rng.choice(idx, size=max(2, round(frac * len(idx))), replace=False)
+        w = np.zeros(blocks.count)
+        w[take] = 1.0
+        out.append(w)
+    return out[0], out[1]
+
+
+def power_plan(draws: Draws, direction: float, *, alpha: float = 0.05, power: float = 0.8,
+               fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0), reps: int = 20, n_perm: int = 99,
+               seed: int = 0) -> PowerPlan:
+    """Power by subsampling the blocks of A and B (``reps`` subsamples per fraction, each with its own
+    block-permutation null), and the n reaching ``power``: interpolated where a fraction reaches it,
+    else extrapolated from the standardised effect z(n) = (score − null mean) / null sd, which grows
+    as √n for a fixed effect."""
+    from scipy.stats import norm
+
+    b = draws.blocks
+    rng = np.random.default_rng([seed, 13])
+    rows, zs, ns = [], [], []
+    for frac in fractions:
+        hits, z_sum = 0, 0.0
+        for _ in range(reps):
+            w_a, w_b = _subsample_weights(b, frac, rng)
+            chosen = (w_a + w_b) > 0
+            sub = Blocks(np.zeros(0, np.int64), b.size[chosen], np.where(w_a[chosen] > 0, 0, 1))
+            scores = np.empty(n_perm)
+            for k in range(n_perm):
+                pa, pb = permutation_weights(sub, rng)
+                wa, wb = np.zeros(b.count), np.zeros(b.count)
+                wa[chosen], wb[chosen] = pa, pb
+                scores[k] = draws.score(wa, wb)
+            obs = draws.score(w_a, w_b)
+            hits += p_value(obs, scores, direction) < alpha
+            sd = float(scores.std(ddof=1)) or 1e-12
+            z_sum += direction * (obs - float(scores.mean())) / sd
+        n_a = int(b.size[np.flatnonzero(b.side == 0)].sum() * frac)
+        n_b = int(b.size[np.flatnonzero(b.side == 1)].sum() * frac)
+        rows.append({"fraction": frac, "n_a": n_a, "n_b": n_b, "power": hits / reps, "z": z_sum / reps})
+        zs.append(z_sum / reps)
+        ns.append(n_a)
+    ratio = rows[-1]["n_b"] / max(1, rows[-1]["n_a"])
+    reached = [r for r in rows if r["power"] >= power]
+    if reached:
+        first = reached[0]
+        i = rows.index(first)
+        if i == 0:
+            n_a = first["n_a"]
+            how = f"the smallest subsample tried ({first['n_a']} per side) already reaches {power:.0%} power"
+        else:
+            lo = rows[i - 1]
+            t = (power - lo["power"]) / max(first["power"] - lo["power"], 1e-9)
+            n_a = int(np.ceil(np.exp(np.log(lo["n_a"]) + t * (np.log(first["n_a"]) - np.log(lo["n_a"])))))
+            how = f"interpolated between subsamples of {lo['n_a']} and {first['n_a']} (log n)"
+        return PowerPlan(rows, n_a, int(np.ceil(n_a * ratio)), how)
+    c = float(np.sum(np.asarray(zs) * np.sqrt(ns)) / np.sum(ns))   # least squares of z = c √n
+    if c <= 0:
+        return PowerPlan(rows, None, None, "no effect seen in the subsamples: no n would reach the power")
+    target = norm.ppf(1 - alpha) + norm.ppf(power)
+    n_a = int(np.ceil((target / c) ** 2))
+    return PowerPlan(rows, n_a, int(np.ceil(n_a * ratio)), "extrapolated from z(n) ∝ √n over the subsamples")
