@@ -171,12 +171,17 @@ def wds_source(where: str, *, name: str | None = None, size: int = 256) -> Image
         what = f"{shards[s]}:{member}"
         return _decode(_read_member(shards[s], offset, length), what, size)
 
+    def encoded(i: int) -> bytes:
+        s, _, (offset, length) = rows[i]
+        return _read_member(shards[s], offset, length)
+
     lab = np.asarray(labels, dtype=np.int64)
     has_labels = bool((lab >= 0).any())
     group_names = sorted({g for g in groups if g is not None})
     return ImageSource(
         name=name or f"{WDS_PREFIX}{where}", revision=h.hexdigest()[:16], n=len(rows),
-        loader=lambda i: native(i, size), native=native, ids=[f"{os.path.basename(shards[s])}:{m}" for s, m, _ in rows],
+        loader=lambda i: native(i, size), native=native, encoded=encoded,
+        ids=[f"{os.path.basename(shards[s])}:{m}" for s, m, _ in rows],
         labels=lab if has_labels else None,
         class_names=[str(k) for k in range(int(lab.max()) + 1)] if has_labels else None,
         groups=np.asarray([group_names.index(g) if g in group_names else 0 for g in groups], dtype=np.int64)
@@ -255,10 +260,22 @@ def hf_source(where: str, *, name: str | None = None, size: int = 256) -> ImageS
             return read_image(cell["path"], size)
         raise DataError(f"hf: {what} has no image bytes or path")
 
+    def encoded(i: int) -> bytes:
+        cell = raw[int(i)][image_col]
+        if isinstance(cell, dict) and cell.get("bytes") is not None:
+            return cell["bytes"]
+        if isinstance(cell, dict) and cell.get("path"):
+            try:
+                return Path(cell["path"]).read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read image {cell['path']} ({path} row {i}): {e.strerror or e}") from None
+        raise DataError(f"hf: {path} row {i} has no image bytes or path")
+
     return ImageSource(
         name=name or f"{HF_PREFIX}{where}",
         revision=hashlib.sha256(f"hf|{fingerprint}|{len(ds)}|size={size}|pixels=native".encode()).hexdigest()[:16],
-        n=len(ds), loader=lambda i: native(i, size), native=native, ids=[str(i) for i in range(len(ds))],
+        n=len(ds), loader=lambda i: native(i, size), native=native, encoded=encoded,
+        ids=[str(i) for i in range(len(ds))],
         labels=labels, class_names=class_names, groups=groups, group_names=group_names,
         notes={"image_size": size, "image_column": image_col},
     )
