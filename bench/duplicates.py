@@ -35,7 +35,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from scipy import fft
 
 from bench.baselines import PHASH_BLOCK, PHASH_SIDE, pair_components
 from bench.datasets.base import ImageSource
@@ -54,6 +53,8 @@ DECODE_SIDE = 32
 #: up to this many images the wavelet neighbours are exact (a flat search is cheap); above, IVF
 EXACT_MAX_ROWS = 8192
 PCA_DIM, IVF_NPROBE = 64, 16
+#: rows the PCA is fitted on (enough for 64 components; bounded so memory stays flat in N)
+PCA_TRAIN_ROWS = 16384
 #: query rows per faiss call: bounds the result buffers whatever N
 SEARCH_BLOCK = 16384
 #: images per worker item: large enough that the per-item cost of the loader is small
@@ -177,14 +178,25 @@ def reduced_image(source: ImageSource, i: int, side: int = DECODE_SIDE):
         raise DataError(f"cannot read image {what}: {msg}") from None
 
 
-def phash_code(img) -> np.ndarray:
-    """64 PHash bits of an RGB PIL image, by :func:`bench.baselines.phash_bits`' steps (LANCZOS to
-    32×32, then grey, DCT-II, top-left 8×8, ≥ the median of its 63 AC terms)."""
+def phash_grey(img) -> np.ndarray:
+    """PHash's input: the RGB image resized to 32×32 with LANCZOS, *then* grey (imagededup's order)."""
     from PIL import Image
 
-    grey = np.asarray(img.resize((PHASH_SIDE, PHASH_SIDE), Image.LANCZOS).convert("L"), dtype=np.float64)
-    block = fft.dctn(grey, type=2)[:PHASH_BLOCK, :PHASH_BLOCK]
-    return block >= np.median(block.ravel()[1:])
+    return np.asarray(img.resize((PHASH_SIDE, PHASH_SIDE), Image.LANCZOS).convert("L"), dtype=np.float64)
+
+
+#: the first 8 rows of scipy's DCT-II on 32 points (norm=None: 2 Σ x_n cos(π k (2n + 1) / 64))
+_DCT_ROWS = 2.0 * np.cos(np.pi * np.arange(PHASH_BLOCK)[:, None] * (2 * np.arange(PHASH_SIDE) + 1) / (2 * PHASH_SIDE))
+
+
+def phash_codes(greys: np.ndarray) -> np.ndarray:
+    """(B, 32, 32) grey → (B, 8) packed PHash bits, :func:`bench.baselines.phash_bits`' rule for the
+    whole batch at once: the top-left 8×8 of the 2-D DCT-II as two small matrix products (scipy's
+    ``dctn`` computes all 32×32 per image), bit = coefficient ≥ the median of its 63 AC terms."""
+    block = _DCT_ROWS @ np.asarray(greys, dtype=np.float64) @ _DCT_ROWS.T
+    flat = block.reshape(len(block), -1)
+    median = np.median(flat[:, 1:], axis=1, keepdims=True)
+    return np.packbits(flat >= median, axis=1)
 
 
 def wavelet_thumbnail(img) -> np.ndarray:
@@ -220,7 +232,19 @@ def laplacian_variance(img) -> float:
     return float(lap.var())
 
 
-def hash_rows(source: ImageSource, rows: range, method: str, sharpness: bool) -> dict:
+@dataclass
+class Hashed:
+    """One worker item: the codes of a block of rows and what was read with them. A plain object,
+    so the DataLoader pickles it whole instead of turning each array into a shared-memory tensor."""
+
+    rows: np.ndarray
+    codes: np.ndarray
+    pixels: np.ndarray
+    sharpness: np.ndarray
+    failed: list[tuple[str, str]]
+
+
+def hash_rows(source: ImageSource, rows: range, method: str, sharpness: bool) -> Hashed:
     """Codes of ``rows`` of one source; an unreadable image is reported, not raised."""
     kept, pixels, sharp, codes, failed = [], [], [], [], []
     for i in rows:
@@ -229,16 +253,16 @@ def hash_rows(source: ImageSource, rows: range, method: str, sharpness: bool) ->
         except DataError as e:
             failed.append((image_name(source, i), str(e)))
             continue
-        codes.append(phash_code(img) if method == "phash" else wavelet_thumbnail(img))
+        codes.append(phash_grey(img) if method == "phash" else wavelet_thumbnail(img))
         kept.append(i)
         pixels.append(npix)
         sharp.append(laplacian_variance(img) if sharpness else 0.0)
     if method == "phash":
-        out = np.packbits(np.asarray(codes, dtype=bool).reshape(len(codes), -1), axis=1)
+        out = phash_codes(np.asarray(codes, dtype=np.float64).reshape(len(codes), PHASH_SIDE, PHASH_SIDE))
     else:
         out = wavelet_rows(np.asarray(codes, dtype=np.uint8).reshape(len(codes), WAVELET_THUMB, WAVELET_THUMB, 3))
-    return {"rows": np.asarray(kept, dtype=np.int64), "codes": out, "pixels": np.asarray(pixels, dtype=np.int64),
-            "sharpness": np.asarray(sharp, dtype=np.float32), "failed": failed}
+    return Hashed(np.asarray(kept, dtype=np.int64), out, np.asarray(pixels, dtype=np.int64),
+                  np.asarray(sharp, dtype=np.float32), failed)
 
 
 class _HashItems(torch.utils.data.Dataset):
@@ -253,10 +277,10 @@ class _HashItems(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, k: int) -> Hashed:
         side, offset, start, stop = self.items[k]
         out = hash_rows(self.sides[side].source, range(start, stop), self.method, self.sharpness)
-        out["rows"] += offset
+        out.rows += offset
         return out
 
 
@@ -279,12 +303,12 @@ def hash_sides(sides: list[Side], method: str, *, workers: int | None = None, sh
     items = (data[k] for k in range(len(data))) if workers == 0 else \
         guarded(worker_loader(data, workers=workers, prefetch=4))
     for item in items:
-        m = len(item["rows"])
-        codes[filled:filled + m] = item["codes"]
-        rows[filled:filled + m], pixels[filled:filled + m] = item["rows"], item["pixels"]
-        sharp[filled:filled + m] = item["sharpness"]
+        m = len(item.rows)
+        codes[filled:filled + m] = item.codes
+        rows[filled:filled + m], pixels[filled:filled + m] = item.rows, item.pixels
+        sharp[filled:filled + m] = item.sharpness
         filled += m
-        for name, reason in item["failed"]:
+        for name, reason in item.failed:
             warn(f"skipped {name}: {reason}")
             skipped.append((name, reason))
     if filled == 0:
@@ -332,8 +356,9 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
     """Each row's ``k`` nearest other rows: (Euclidean distances (n, k) float64, ids (n, k), how).
 
     Exact (faiss flat L2, ``block`` queries at a time) up to ``exact_max`` rows. Above, an IVF index
-    (4·√n lists, ``nprobe`` probed) on a 64-D PCA of the rows proposes 3(k+1) candidates, re-ranked
-    by their exact distance in the full rows: a candidate list that misses a true neighbour can
+    (4·√n lists, ``nprobe`` probed) on a 64-D PCA of the rows (fitted on at most ``PCA_TRAIN_ROWS``;
+    the index holds 256 B per image) proposes 3(k+1) candidates, re-ranked by their exact distance
+    in the full rows: a candidate list that misses a true neighbour can
     only make a typical distance larger, and a planted copy sits far closer than any other row.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -350,17 +375,19 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
             dist[s:s + len(idx)] = np.sqrt(np.clip(d2, 0, None))
             ids[s:s + len(idx)] = idx
         return dist, ids, "exact"
+    rng = np.random.default_rng(seed)
+    pca = faiss.PCAMatrix(d, PCA_DIM)
+    pca.train(x[np.sort(rng.choice(n, size=min(n, PCA_TRAIN_ROWS), replace=False))])
     nlist = int(min(max(64, round(4 * np.sqrt(n))), n // 39))
-    index = faiss.index_factory(d, f"PCA{PCA_DIM},IVF{nlist},Flat")
-    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False))
-    index.train(x[sample])
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(PCA_DIM), PCA_DIM, nlist)
+    index.train(pca.apply(x[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]))
     for s in range(0, n, block):
-        index.add(x[s:s + block])
-    faiss.extract_index_ivf(index).nprobe = int(nprobe)
+        index.add(pca.apply(x[s:s + block]))
+    index.nprobe = int(nprobe)
     wide = min(3 * (k + 1), n)
     rerank = 1024
     for s in range(0, n, block):
-        _, cand = index.search(x[s:s + block], wide)
+        _, cand = index.search(pca.apply(x[s:s + block]), wide)
         for r in range(0, len(cand), rerank):
             c = cand[r:r + rerank]
             q = s + r + np.arange(len(c))
