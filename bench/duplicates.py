@@ -28,6 +28,7 @@ import csv
 import io
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def input_name(text: str) -> str:
 
 
 def _where(name: str) -> str:
-    prefix, _, rest = name.partition(":")
+    _prefix, _, rest = name.partition(":")
     return str(Path(rest).expanduser().resolve()) if rest else name
 
 
@@ -409,12 +410,9 @@ def decide_knn_pairs(x: np.ndarray, dist: np.ndarray, ids: np.ndarray, threshold
     float64 distance is 0 or below ``threshold`` · min(r_i, r_j). Returns (pairs, exact, relative)."""
     n, k = ids.shape
     masked = np.where(dist > 0, dist, np.nan)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            typical = np.nanmedian(masked, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a row whose neighbours are all copies
+        typical = np.nanmedian(masked, axis=1)
     typical = np.where(np.isfinite(typical), typical, np.inf)
     i, j = np.repeat(np.arange(n), k), ids.ravel()
     lo, hi = np.minimum(i, j), np.maximum(i, j)
@@ -597,10 +595,12 @@ def summary_lines(result: DuplicatesResult, cfg: DuplicatesConfig) -> list[str]:
     counts = result.pair_counts()
     split = f" (within A {counts['within_a']}, across A–B {counts['across']}, within B {counts['within_b']})" \
         if len(result.sides) == 2 else ""
-    lines.append(f"{len(sizes)} groups of near-duplicates ({int(sizes.sum())} images, largest {int(sizes.max()) if len(sizes) else 0}), "
+    largest = int(sizes.max()) if len(sizes) else 0
+    lines.append(f"{len(sizes)} groups of near-duplicates ({int(sizes.sum())} images, largest {largest}), "
                  f"{len(f.pairs)} pairs{split}")
     if c.skipped:
-        lines.append(f"{len(c.skipped)} unreadable images skipped, listed in {result.files['skipped']}")
+        lines.append(f"{len(c.skipped)} unreadable image{'s' * (len(c.skipped) != 1)} skipped, listed in "
+                     f"{result.files['skipped']}")
     lines.append(f"pairs: {result.files['csv']} · report: {result.files['report']}")
     if result.remove is not None:
         lines.append(f"--keep {cfg.keep}: {len(result.remove)} files one would remove listed in "

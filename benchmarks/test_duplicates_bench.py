@@ -172,6 +172,7 @@ def test_wavelet_ivf_against_exact(folder):
 
 RUNNER = """
 import json, resource, sys, time
+import bench.duplicates  # imports (torch, faiss) outside the timing, as in the in-process runs
 from bench.cli import main
 t0 = time.perf_counter()
 code = main(sys.argv[1:])
@@ -207,15 +208,15 @@ def test_report():
               f"R {idd['recall']:.3f}, {idd['pairs']} pairs)")
         for m in ("phash", "wavelet"):
             b = r[m]
-            print(f"  bench duplicates --method {m}: {b['rate']:.0f} img/s = {b['rate'] / idd['rate']:.2f}x imagededup, "
-                  f"{b['rate'] / r['decode']:.2f}x decode limit; P {b['precision']:.3f} R {b['recall']:.3f} "
-                  f"({b['pairs']} pairs)")
+            print(f"  bench duplicates --method {m}: {b['rate']:.0f} img/s = {b['rate'] / idd['rate']:.2f}x "
+                  f"imagededup, {b['rate'] / r['decode']:.2f}x decode limit; P {b['precision']:.3f} "
+                  f"R {b['recall']:.3f} ({b['pairs']} pairs)")
     if "ivf" in RESULTS:
         v = RESULTS["ivf"]
         print(f"\nwavelet search, {N} images: exact {v['exact_s']:.1f} s ({v['exact_pairs']} pairs), {v['search']} "
               f"{v['ivf_s']:.1f} s ({v['ivf_pairs']} pairs): recall {v['recall']:.4f}, precision {v['precision']:.4f}")
     for (m, n), s in sorted(RESULTS.get("scale", {}).items()):
-        print(f"\nscale {m} n={n}: {s['seconds']:.1f} s, {s['ms_per_image']:.3f} ms/image, peak RSS {s['rss_mb']:.0f} MB "
-              f"(less the {s['codes_mb']:.0f} MB code matrix: {s['rss_less_codes_mb']:.0f} MB; largest worker "
-              f"{s['workers_rss_kb'] / 1024:.0f} MB); P {s['precision']:.3f} R {s['recall']:.3f} "
+        print(f"\nscale {m} n={n}: {s['seconds']:.1f} s, {s['ms_per_image']:.3f} ms/image, peak RSS "
+              f"{s['rss_mb']:.0f} MB (less the {s['codes_mb']:.0f} MB code matrix: {s['rss_less_codes_mb']:.0f} MB; "
+              f"largest worker {s['workers_rss_kb'] / 1024:.0f} MB); P {s['precision']:.3f} R {s['recall']:.3f} "
               f"(load average {s['load']:.1f})")

@@ -9,6 +9,8 @@ import tarfile
 
 import numpy as np
 import pytest
+from bench_wavelet.core import knn_duplicates
+from bench_wavelet.methods import knn_rows
 from PIL import Image, ImageFilter
 
 from bench.baselines import hamming_pairs, phash_bits
@@ -27,8 +29,6 @@ from bench.duplicates import (
     wavelet_thumbnail,
 )
 from bench.metrics import duplicate_scores
-from bench_wavelet.core import knn_duplicates
-from bench_wavelet.methods import knn_rows
 
 
 def _pairs(p) -> set[tuple[int, int]]:
@@ -289,12 +289,12 @@ def test_unreadable_image_is_one_warning_and_listed_as_skipped(folder, tmp_path,
     assert len(lines) == 1 and "warning:" in lines[0] and "0050.png" in lines[0]
     skipped = _csv(tmp_path / "o" / "duplicates.skipped.csv")
     assert len(skipped) == 2 and skipped[1][0] == str(broken)
-    assert "1 unreadable images skipped" in out
+    assert "1 unreadable image skipped" in out
     assert all(str(broken) not in r for row in _csv(tmp_path / "o" / "duplicates.csv") for r in row)
 
 
 def _one_line_error(capsys, *argv, says):
-    code, out, err = _run(capsys, *argv)
+    code, _out, err = _run(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], err
     assert "Traceback" not in err
