@@ -386,7 +386,7 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
         index.add(pca.apply(x[s:s + block]))
     index.nprobe = int(nprobe)
     wide = min(3 * (k + 1), n)
-    rerank = 1024
+    rerank = 256
     for s in range(0, n, block):
         _, cand = index.search(pca.apply(x[s:s + block]), wide)
         for r in range(0, len(cand), rerank):
