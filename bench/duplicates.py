@@ -52,10 +52,10 @@ NEIGHBOURS_WITHIN, NEIGHBOURS_ACROSS = 5, 10
 #: JPEGs are decoded at the smallest DCT scale that keeps at least this many pixels a side
 DECODE_SIDE = 32
 #: up to this many images the wavelet neighbours are exact (a flat search is cheap); above, IVF
-EXACT_MAX_ROWS = 8192
-PCA_DIM, IVF_NPROBE = 64, 16
+EXACT_MAX_ROWS = 4096
+PCA_DIM, IVF_NPROBE = 64, 8
 #: rows the PCA is fitted on (enough for 64 components; bounded so memory stays flat in N)
-PCA_TRAIN_ROWS = 16384
+PCA_TRAIN_ROWS = 8192
 #: query rows per faiss call: bounds the result buffers whatever N
 SEARCH_BLOCK = 16384
 #: images per worker item: large enough that the per-item cost of the loader is small
@@ -357,9 +357,9 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
     """Each row's ``k`` nearest other rows: (Euclidean distances (n, k) float64, ids (n, k), how).
 
     Exact (faiss flat L2, ``block`` queries at a time) up to ``exact_max`` rows. Above, an IVF index
-    (4·√n lists, ``nprobe`` probed) on a 64-D PCA of the rows (fitted on at most ``PCA_TRAIN_ROWS``;
-    the index holds 256 B per image) proposes 3(k+1) candidates, re-ranked by their exact distance
-    in the full rows: a candidate list that misses a true neighbour can
+    (√n lists, ``nprobe`` probed) on a 64-D PCA of the rows (fitted on at most ``PCA_TRAIN_ROWS``;
+    the index holds 256 B per image) proposes 2(k+1) candidates, re-ranked by their distance in the
+    full rows: a candidate list that misses a true neighbour can
     only make a typical distance larger, and a planted copy sits far closer than any other row.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -377,26 +377,29 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
             ids[s:s + len(idx)] = idx
         return dist, ids, "exact"
     rng = np.random.default_rng(seed)
-    pca = faiss.PCAMatrix(d, PCA_DIM)
-    pca.train(x[np.sort(rng.choice(n, size=min(n, PCA_TRAIN_ROWS), replace=False))])
-    nlist = int(min(max(64, round(4 * np.sqrt(n))), n // 39))
+    mean, basis = pca_basis(x[np.sort(rng.choice(n, size=min(n, PCA_TRAIN_ROWS), replace=False))], PCA_DIM)
+
+    def project(rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((rows - mean) @ basis)
+
+    nlist = int(min(max(16, round(np.sqrt(n))), n // 39))
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(PCA_DIM), PCA_DIM, nlist)
-    index.train(pca.apply(x[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]))
+    index.train(project(x[np.sort(rng.choice(n, size=min(n, 40 * nlist), replace=False))]))
     for s in range(0, n, block):
-        index.add(pca.apply(x[s:s + block]))
+        index.add(project(x[s:s + block]))
     index.nprobe = int(nprobe)
-    wide = min(3 * (k + 1), n)
-    rerank = 256
+    wide = min(2 * (k + 1), n)
+    sq_norm = np.einsum("nd,nd->n", x, x)
+    rerank = 512
     for s in range(0, n, block):
-        _, cand = index.search(pca.apply(x[s:s + block]), wide)
+        _, cand = index.search(project(x[s:s + block]), wide)
         for r in range(0, len(cand), rerank):
             c = cand[r:r + rerank]
             q = s + r + np.arange(len(c))
-            valid = c >= 0
-            c = np.where(valid, c, q[:, None])
-            diff = x[c] - x[q][:, None, :]
-            d2 = np.einsum("bkd,bkd->bk", diff, diff, dtype=np.float64)
-            d2 = np.where(valid & (c != q[:, None]), d2, np.inf)
+            valid = (c >= 0) & (c != q[:, None])
+            c = np.where(c >= 0, c, q[:, None])
+            dot = np.einsum("bkd,bd->bk", x[c], x[q])
+            d2 = np.where(valid, np.clip(sq_norm[q][:, None] + sq_norm[c] - 2.0 * dot, 0, None), np.inf)
             order = np.argsort(d2, axis=1, kind="stable")[:, :k]
             dist[q] = np.sqrt(np.take_along_axis(d2, order, axis=1))
             ids[q] = np.take_along_axis(c, order, axis=1)
@@ -406,6 +409,19 @@ def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe
 #: how far (in distance between unit rows) a search distance may be from the exact one: float32
 #: faiss distances are off by ~1e-3 at most; only candidates this close to the cut get an exact distance
 SEARCH_DISTANCE_SLACK = 1e-2
+
+
+def pca_basis(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and the ``dim`` leading principal axes (d, dim) of the rows of ``sample``: the
+    eigen-decomposition of the d×d covariance, on one BLAS thread (a 768×768 ``eigh`` takes 0.3 s on
+    one thread and 6.5 s on two when the cores are busy: the threads spin waiting for each other)."""
+    from threadpoolctl import threadpool_limits
+
+    mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+    centred = sample - mean
+    with threadpool_limits(limits=1):
+        _, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    return mean, np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
 
 
 def decide_knn_pairs(x: np.ndarray, dist: np.ndarray, ids: np.ndarray, threshold: float = WAVELET_THRESHOLD,
