@@ -24,6 +24,7 @@ as the wavelet comparator's cross-set search), and pairs are split into within a
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import os
@@ -354,6 +355,29 @@ def _drop_self(d2: np.ndarray, idx: np.ndarray, first_row: int, k: int) -> tuple
 
 def neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe: int = IVF_NPROBE,
                block: int = SEARCH_BLOCK, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """:func:`search_neighbours` on one BLAS / OpenMP thread: its products are small, and on cores
+    other work keeps busy, threads that spin waiting for each other made it 1.4× slower on 2 threads
+    (20,000 rows: 3.9 s against 2.8 s; PCA, IVF training and projection 5-20× slower each)."""
+    with one_thread():
+        return search_neighbours(x, k, exact_max=exact_max, nprobe=nprobe, block=block, seed=seed)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """faiss' OpenMP and numpy's BLAS on one thread, restored after."""
+    from threadpoolctl import threadpool_limits
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def search_neighbours(x: np.ndarray, k: int, *, exact_max: int = EXACT_MAX_ROWS, nprobe: int = IVF_NPROBE,
+                      block: int = SEARCH_BLOCK, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """Each row's ``k`` nearest other rows: (Euclidean distances (n, k) float64, ids (n, k), how).
 
     Exact (faiss flat L2, ``block`` queries at a time) up to ``exact_max`` rows. Above, an IVF index
@@ -413,14 +437,11 @@ SEARCH_DISTANCE_SLACK = 1e-2
 
 def pca_basis(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and the ``dim`` leading principal axes (d, dim) of the rows of ``sample``: the
-    eigen-decomposition of the d×d covariance, on one BLAS thread (a 768×768 ``eigh`` takes 0.3 s on
-    one thread and 6.5 s on two when the cores are busy: the threads spin waiting for each other)."""
-    from threadpoolctl import threadpool_limits
-
+    eigen-decomposition of the d×d covariance (a 768×768 ``eigh``: 0.3 s on one thread, 6.5 s on two
+    when other work keeps the cores busy)."""
     mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
     centred = sample - mean
-    with threadpool_limits(limits=1):
-        _, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+    _, vectors = np.linalg.eigh((centred.T @ centred).astype(np.float64))
     return mean, np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
 
 
@@ -463,7 +484,8 @@ def find_pairs(codes: Codes, method: str, *, n_neighbours: int, exact_max: int =
     if n < 2:
         pairs, distance, how = np.zeros((0, 2), dtype=np.int64), np.zeros(0), "none (fewer than 2 images)"
     elif method == "phash":
-        pairs, distance = hamming_range_pairs(codes.codes, PHASH_MAX_DISTANCE)
+        with one_thread():
+            pairs, distance = hamming_range_pairs(codes.codes, PHASH_MAX_DISTANCE)
         how = f"exact Hamming range search (≤ {PHASH_MAX_DISTANCE} bits)"
     else:
         dist, ids, how = neighbours(codes.codes, n_neighbours, exact_max=exact_max)
