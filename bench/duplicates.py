@@ -15,7 +15,7 @@ least ``DECODE_SIDE`` px a side), other formats once at full size, in the DataLo
   search is quadratic in N (measured against exact in ``benchmarks/test_duplicates_bench.py``).
 
 Memory: the codes (8 B per image for phash, 768 float32 = 3 KB for wavelet), each image's
-neighbour list (wavelet: 10 or 20 ids and distances), its pixel count and sharpness; everything
+neighbour list (wavelet: 5, or 10 with DIR2, ids and distances), its pixel count and sharpness; everything
 else is one block at a time. Unreadable images are skipped with one warning each and listed in
 the CSV's sidecar. With DIR2, candidates and the rule run on DIR ∪ DIR2 (wavelet: 10 neighbours,
 as the wavelet comparator's cross-set search), and pairs are split into within and across.
