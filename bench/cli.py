@@ -3,6 +3,7 @@
     bench run                       # kmeans + fd on synth-passnet with the offline default extractor
     bench compare A B               # how do my two datasets differ? (score, p-value, CI, what differs)
     bench summarise A --save A.bench   # then: bench compare A.bench B
+    bench duplicates DIR [DIR2]     # near-duplicate groups within a set, leakage across two
     bench run --methods protosim,dna --datasets passnet --extractor dino-vits16
     bench list | plugins | datasets | extractors
     bench leaderboard [RESULTS] [-o DIR]
@@ -188,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("a", help="the dataset to summarise")
     sm.add_argument("--save", type=Path, required=True, metavar="FILE.bench", help="where to write the summary")
     _common_data_options(sm)
+    du = sub.add_parser("duplicates", help="near-duplicate groups within a set, and across two (leakage)",
+                        description="Find near-duplicates within DIR, and with DIR2 across the two (train/test "
+                        "leakage): a summary, a CSV path_a,path_b,distance,group (and its sidecar of unreadable "
+                        "files skipped), a gallery in the report, and with --keep the files one would remove "
+                        "(nothing is deleted). DIR: a folder, imagefolder:PATH, folder:PATH, wds:SHARDS or hf:PATH.")
+    du.add_argument("dir", help="the set to search")
+    du.add_argument("dir2", nargs="?", default=None, help="a second set: pairs across the two are leakage")
+    du.add_argument("--method", default="wavelet", metavar="M",
+                    help="wavelet (wavelet-knn: JPEG, shifted, brightened and cropped copies; default) | phash "
+                    "(imagededup's PHash, Hamming distance <= 10)")
+    du.add_argument("--out", type=Path, default=Path("results/duplicates"),
+                    help="folder for duplicates.csv, its sidecar and remove.txt (default results/duplicates)")
+    du.add_argument("--report", type=Path, default=None, help="HTML report file (default OUT/report.html)")
+    du.add_argument("--keep", default=None, metavar="POLICY", help="first | largest | sharpest: the one image "
+                    "kept per group; the others are listed in OUT/remove.txt (with DIR2, DIR's images are kept)")
+    du.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="decoding worker processes (default: one per core; 0 = in the main process)")
     sub.add_parser("list", help="list runnable methods (summarisers and comparators)")
     sub.add_parser("plugins", help="list plugins with version, status and errors")
     sub.add_parser("datasets", help="list datasets and whether their roots are configured")
@@ -428,6 +446,18 @@ def cmd_summarise(args) -> int:
     return 0
 
 
+def cmd_duplicates(args) -> int:
+    from bench.duplicates import DuplicatesConfig, run, summary_lines
+
+    cfg = DuplicatesConfig(a=args.dir, b=args.dir2, method=args.method, out=args.out, report=args.report,
+                           keep=args.keep, workers=args.workers)
+    result = run(cfg, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
+    console.print(f"bench {__version__} · duplicates")
+    for line in summary_lines(result, cfg):
+        console.print(escape(line))
+    return 0
+
+
 def cmd_list(args) -> int:
     from bench.plugins import method_names
 
@@ -526,7 +556,8 @@ def cmd_check(args) -> int:
     return 1 if any(e is not None for _, e in failures) else 0
 
 
-COMMANDS = {"run": cmd_run, "compare": cmd_compare, "summarise": cmd_summarise, "list": cmd_list,
+COMMANDS = {"run": cmd_run, "compare": cmd_compare, "summarise": cmd_summarise, "duplicates": cmd_duplicates,
+            "list": cmd_list,
             "plugins": cmd_plugins, "datasets": cmd_datasets, "extractors": cmd_extractors,
             "leaderboard": cmd_leaderboard, "report": cmd_report, "check": cmd_check}
 

@@ -42,6 +42,9 @@ class ImageSource:
     native: Callable[[int], np.ndarray] | None = None
     #: the file of each image, when there is one (lets the pipeline decode JPEGs on the GPU)
     paths: list[str] | None = None
+    #: image ``i``'s stored bytes (a tar member, a parquet cell) for sources without ``paths``: lets a
+    #: reader that needs a small image decode a JPEG at reduced scale (``bench duplicates``)
+    encoded: Callable[[int], bytes] | None = None
 
     def image(self, i: int) -> np.ndarray:
         """Image ``i`` as an (H, W, 3) uint8 array."""
@@ -78,6 +81,7 @@ class ImageSource:
             duplicate_pairs=pairs, notes=dict(self.notes),
             native=None if self.native is None else (lambda i: parent.native(int(idx[i]))),
             paths=None if self.paths is None else [self.paths[i] for i in idx],
+            encoded=None if self.encoded is None else (lambda i: parent.encoded(int(idx[i]))),
         )
         return sub
 

@@ -318,11 +318,16 @@ def wds_source(where: str, *, name: str | None = None, size: int = 256) -> Image
         s, member, (offset, length) = rows[i]
         return _decode_member(shards[s], offset, length, f"{shards[s]}:{member}", size)
 
+    def encoded(i: int) -> bytes:
+        s, _, (offset, length) = rows[i]
+        return _read_member(shards[s], offset, length)
+
     lab, class_names = dense_labels(labels, f"wds: {where}")
     group_names = sorted({g for g in groups if g is not None})
     return ImageSource(
         name=name or f"{WDS_PREFIX}{where}", revision=h.hexdigest()[:16], n=len(rows),
-        loader=lambda i: native(i, size), native=native, ids=[f"{os.path.basename(shards[s])}:{m}" for s, m, _ in rows],
+        loader=lambda i: native(i, size), native=native, encoded=encoded,
+        ids=[f"{os.path.basename(shards[s])}:{m}" for s, m, _ in rows],
         labels=lab, class_names=class_names,
         groups=np.asarray([group_names.index(g) if g in group_names else 0 for g in groups], dtype=np.int64)
         if group_names else None,
@@ -447,11 +452,23 @@ def hf_source(where: str, *, name: str | None = None, size: int = 256) -> ImageS
         raise DataError(f"hf: {what} has no image bytes or path (column {image_col!r} holds "
                         f"{type(cell).__name__})")
 
+    def encoded(i: int) -> bytes:
+        cell = raw[int(i)][image_col]
+        if isinstance(cell, dict) and cell.get("bytes") is not None:
+            return cell["bytes"]
+        if isinstance(cell, dict) and cell.get("path"):
+            try:
+                return Path(cell["path"]).read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read image {cell['path']} ({path} row {i}): {e.strerror or e}") from None
+        raise DataError(f"hf: {path} row {i} has no image bytes or path")
+
     return ImageSource(
         name=name or f"{HF_PREFIX}{where}",
         revision=hashlib.sha256(f"hf|{fingerprint}|{len(ds)}|size={size}|pixels=native|{DECODE_REVISION}"
                                 .encode()).hexdigest()[:16],
-        n=len(ds), loader=lambda i: native(i, size), native=native, ids=[str(i) for i in range(len(ds))],
+        n=len(ds), loader=lambda i: native(i, size), native=native, encoded=encoded,
+        ids=[str(i) for i in range(len(ds))],
         labels=labels, class_names=class_names, groups=groups, group_names=group_names,
         notes={"image_size": size, "image_column": image_col},
     )
