@@ -360,3 +360,28 @@ def test_compare_report_renders_what_differs_in_chromium(chromium, tmp_path):
     seen = browser_check(chromium, out / "report.html", tmp_path)
     assert "comparison" in seen["sections"] and "leaderboard" not in seen["sections"]
     assert seen["images"] == text.count("<img ") >= 4 and seen["broken"] == []
+
+
+def test_compare_report_shows_the_atlas_regions_and_map_in_chromium(tmp_path, chromium):
+    """bench compare's page draws the atlas: its regions table (majority class, q) and the map image,
+    which loads in a real browser."""
+    from PIL import Image
+
+    from bench.testing import make_tiny_source
+
+    src = make_tiny_source(200, n_classes=4, size=16)
+    for name, rows in (("a", np.arange(98)), ("b", np.flatnonzero((np.arange(200) >= 98) & (src.labels != 1))[:80])):
+        (tmp_path / name).mkdir()
+        for i in rows:
+            Image.fromarray(src.array[i]).save(tmp_path / name / f"{i:03d}.png")
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--methods", "atlas", "--extractor", "pixels",
+                 "--no-cache", "--no-progress", "--permutations", "49", "--bootstrap", "0", "--workers", "0",
+                 "--out", str(out)]) == 0
+    report = out / "report.html"
+    text = report.read_text(encoding="utf-8")
+    _assert_self_contained(text)
+    assert "regions of A ∪ B that one side fills more" in text and "map of A ∪ B" in text
+    assert re.search(r"<td>PCA</td>|<td>UMAP</td>", text)
+    seen = browser_check(chromium, report, tmp_path)
+    assert seen["broken"] == [] and seen["images"] == text.count("<img ") >= 2
