@@ -332,31 +332,25 @@ def brute_force_bootstrap(score_fn: Callable[[np.ndarray | None, np.ndarray, int
 # --------------------------------------------------------------------------- many tests
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjustment (family-wise error), as statsmodels' ``multipletests(method="holm")``."""
+def _adjust(p: np.ndarray, step) -> np.ndarray:
+    """``step(sorted p, m)`` → adjusted sorted p, put back in the input's order and capped at 1."""
     p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    if m == 0:
+    if len(p) == 0:
         return p
     order = np.argsort(p, kind="stable")
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adj, 1.0)
+    out = np.empty(len(p))
+    out[order] = np.minimum(step(p[order], len(p)), 1.0)
     return out
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment (family-wise error), as statsmodels' ``multipletests(method="holm")``."""
+    return _adjust(p, lambda ps, m: np.maximum.accumulate((m - np.arange(m)) * ps))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted p-values (false discovery rate), as ``multipletests(method="fdr_bh")``."""
-    p = np.asarray(p, dtype=np.float64)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    ranked = p[order] * m / np.arange(1, m + 1)
-    adj = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(adj, 1.0)
-    return out
+    return _adjust(p, lambda ps, m: np.minimum.accumulate((ps * m / np.arange(1, m + 1))[::-1])[::-1])
 
 
 def minimum_detectable_effect(null: np.ndarray, boot: np.ndarray | None, direction: float,
