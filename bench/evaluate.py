@@ -13,6 +13,7 @@ from bench import metrics as M
 from bench.api import Comparator, DataView, Summary
 from bench.datasets.base import DatasetSpec
 from bench.errors import DataError
+from bench.statistics import checked_score
 
 
 def validate_summary(summary: Summary, n: int, method: str) -> None:
@@ -135,11 +136,10 @@ def _score(comparator: Comparator, a: DataView, b: DataView, seed: int):
     """One comparison; a NaN or infinite score is an error, never a number on the leaderboard.
     (Under torchrun a rank > 0 of a distributed comparator returns NaN by contract: rank 0 scores.)"""
     result = comparator.compare(a, b, seed=seed)
-    score = float(result.score)
-    if not np.isfinite(score) and distributed.context().is_main:
-        raise DataError(f"{comparator.name or type(comparator).__name__}: the comparison score is {score} "
-                        f"({a.name}, {len(a)} vs {len(b)} images)")
-    return result, score
+    if not distributed.context().is_main:
+        return result, float(result.score)
+    return result, checked_score(result.score, f"{comparator.name or type(comparator).__name__} ({a.name})",
+                                 len(a), len(b))
 
 
 def evaluate_comparator(comparator: Comparator, view: DataView, *, seed: int,
