@@ -282,3 +282,24 @@ def test_every_image_goes_through_the_network_once_whatever_the_draws(lfw, tmp_p
         counts[draws] = sum(seen)
     assert counts[3] == counts[60]
     assert counts[60] <= 2 * 100 + 50   # pooled features of A ∪ B, DNA's layers of A ∪ B, A's range pass
+
+
+def test_a_summary_written_before_block_states_still_compares_and_says_how_to_get_a_null(lfw, tmp_path, capsys):
+    saved = tmp_path / "new.bench"
+    assert main(["summarise", str(lfw / "faces-half1"), "--save", str(saved), "--methods", "fd", *FAST[:3]]) == 0
+    with np.load(saved, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if not k.startswith("fd/state.")}
+    meta = json.loads(bytes(arrays["__meta__"]).decode())
+    meta["format_version"] = 1
+    meta["values"]["fd"] = {k: v for k, v in meta["values"]["fd"].items() if not k.startswith("state.")}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    old = tmp_path / "old.bench"
+    np.savez(old, **arrays)
+    old.with_suffix(".bench.npz").rename(old) if not old.exists() else None
+    capsys.readouterr()
+    assert main(["compare", str(old), str(lfw / "nonfaces"), "--methods", "fd", "--out", str(tmp_path / "o"),
+                 *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "carries no block states" in err and "bench summarise" in err
+    rec = _records(tmp_path / "o")["fd"]
+    assert "p_value" not in rec.metrics and rec.tables["ci"][0]["resampled"].startswith("B only")
