@@ -12,7 +12,8 @@ the other lacks).
 labels; reusing them for permuted labels is not a valid null (the classifier was trained on the
 real sides, so any relabelling looks like chance and p would be too small). Each permutation draw
 and each resample therefore trains K new models on the cached, standardised features (the
-standardisation uses A ∪ B without labels, so it is the same for every draw). A bootstrap
+standardisation and the projection on the top ``components`` principal components use A ∪ B
+without labels, so they are the same for every draw). A bootstrap
 resample's repeated image keeps all its copies in one fold (folds are drawn over distinct images,
 copies enter as sample weights), so a copy is never scored by a model trained on itself.
 """
@@ -36,10 +37,21 @@ SHOWN = 50
 BINS = 20
 
 
-def standardised(x: np.ndarray) -> np.ndarray:
-    """Features centred and scaled per dimension over A ∪ B (no labels: the same for every draw)."""
+def standardised(x: np.ndarray, components: int | None = None) -> np.ndarray:
+    """Features centred and scaled per dimension over A ∪ B, then (when ``components`` is smaller than
+    the dimension) projected on their top principal components; no labels, so the same for every draw.
+    The projection keeps each fit cheap (a 768-D fit on 2,000 images takes ~1 s, 64-D ~0.03 s) and,
+    the L2 penalty being rotation invariant, keeping every component would change nothing."""
     sd = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    if components is None or components >= x.shape[1]:
+        return x
+    if len(x) < x.shape[1]:   # fewer images than dimensions: the scores from the n × n Gram matrix
+        values, vectors = np.linalg.eigh(x @ x.T)
+        top = np.argsort(values, kind="stable")[::-1][:components]
+        return vectors[:, top] * np.sqrt(np.clip(values[top], 0, None))
+    _, vectors = np.linalg.eigh(x.T @ x)
+    return x @ vectors[:, ::-1][:, :components]
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, weight: np.ndarray, *, folds: int, c: float, seed: int) -> np.ndarray:
@@ -92,22 +104,25 @@ class C2ST(Comparator):
     version: ClassVar[str] = "1"
     larger_is_more_different: ClassVar[bool] = True
 
-    def __init__(self, *, folds: int = 5, c: float = 1.0, layer: str = "pooled"):
+    def __init__(self, *, folds: int = 5, c: float = 1.0, components: int | None = 64, layer: str = "pooled"):
         self.folds = folds
         self.c = c
+        self.components = components
         self.layer = layer
 
     def check_params(self) -> None:
         positive_int(self.folds, "folds", "c2st", minimum=2)
         if isinstance(self.c, bool) or not isinstance(self.c, (int, float)) or not self.c > 0:
             raise BenchError(f"c2st: c (inverse regularisation) must be a number > 0, got {self.c!r}")
+        if self.components is not None:
+            positive_int(self.components, "components", "c2st")
         if not isinstance(self.layer, str):
             raise BenchError(f"c2st: layer must be a layer name, got {self.layer!r}")
 
     def _features(self, a: DataView, b: DataView) -> tuple[np.ndarray, int]:
         self.check_params()
         x, n_a = side_features(a, b, self.layer, "c2st", minimum=self.folds)
-        return standardised(x), n_a
+        return standardised(x, self.components), n_a
 
     def draws(self, a: DataView, b: DataView, blocks, *, seed: int = 0) -> RefitDraws:
         """Cached standardised features of A ∪ B, one image per block; every draw refits."""
@@ -124,10 +139,13 @@ class C2ST(Comparator):
         p = out_of_fold(x, y, np.ones(len(y)), folds=self.folds, c=float(self.c), seed=seed)
         area = auc(y, p, np.ones(len(y)))
         accuracy = float(((p >= 0.5) == y).mean())
-        statistics = {"auc": area, "accuracy": accuracy, "folds": float(self.folds), "n_a": float(n_a),
+        statistics = {"auc": area, "accuracy": accuracy, "folds": float(self.folds), "dimensions": float(x.shape[1]),
+                      "n_a": float(n_a),
                       "n_b": float(n_b)}
         detail: dict[str, Any] = {"auc": area, "accuracy": accuracy, "p_b": p,
-                                  "classifier": f"logistic regression (C={self.c:g}), {self.folds} stratified folds"}
+                                  "classifier": f"logistic regression (C={self.c:g}), {self.folds} stratified folds, "
+                                                f"on {x.shape[1]} standardised dimensions (principal components "
+                                                f"when the features have more than {self.components})"}
         return Comparison(score=area - 0.5, detail=detail, statistics=statistics, findings=_findings(p, n_a))
 
 
