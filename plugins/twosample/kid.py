@@ -32,7 +32,7 @@ from bench.api import Comparator, Comparison, DataView, Finding
 from bench.errors import BenchError, DataError
 from bench.statistics import Draws, make_blocks
 
-from .common import positive_int, side_features, top_rows
+from .common import side_features, top_rows
 
 KERNELS = ("poly", "rbf")
 #: rows of a kernel chunk (chunk × n float64 at a time)

@@ -186,8 +186,9 @@ def _findings(stats: dict[str, float], uncovered_a: np.ndarray, outside_b: np.nd
              [{"image": int(i), "radius": float(radius_a[i])} for i in order]),
             ("b", outside_b, f"images of B outside every ball of A ({len(outside_b)} of {n_b})",
              [{"image": int(i)} for i in outside_b])):
-        images = [(label, side, idx) for label, idx in
-                  top_rows(flagged[:SHOWN], 10, lambda s, c: f"{s + 1}–{s + len(c)} of {len(flagged)}")]
+        total = len(flagged)
+        images = [(f"{label} of {total}", side, idx) for label, idx in
+                  top_rows(flagged[:SHOWN], 10, lambda s, c: f"{s + 1}–{s + len(c)}")]
         out.append(Finding(title, side=side, rows=rows, images=images))
     return out
 

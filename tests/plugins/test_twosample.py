@@ -166,7 +166,8 @@ def test_prdc_resamples_count_repeats_but_not_own_copies():
     for _ in range(4):
         w_a, w_b = S.bootstrap_weights(draws.blocks, rng)
         got = P.prdc_from_graph(draws.graph, w_a, w_b, 3)
-        ref = _prdc_of_multisets(x, np.repeat(np.arange(70), w_a.astype(int)), np.repeat(np.arange(70), w_b.astype(int)), 3)
+        rows_a, rows_b = np.repeat(np.arange(70), w_a.astype(int)), np.repeat(np.arange(70), w_b.astype(int))
+        ref = _prdc_of_multisets(x, rows_a, rows_b, 3)
         assert all(got[m] == pytest.approx(ref[m], abs=1e-12) for m in ref)
     with pytest.raises(DataError, match="at least 4 images per side"):
         P.PRDC(k=3).compare(a.subset([0, 1, 2]), b)
@@ -185,7 +186,7 @@ def test_c2st_is_sklearn_out_of_fold_auc_and_refits_per_draw():
     got = C.C2ST().compare(a, b, seed=3)
     x = C.standardised(np.concatenate([xa, xb]).astype(np.float64))
     y = np.r_[np.zeros(60), np.ones(40)]
-    p = cross_val_predict(LogisticRegression(max_iter=500), x, y, method="predict_proba",
+    p = cross_val_predict(LogisticRegression(solver=C.SOLVER), x, y, method="predict_proba",
                           cv=StratifiedKFold(5, shuffle=True, random_state=3))[:, 1]
     assert got.score == pytest.approx(roc_auc_score(y, p) - 0.5, abs=1e-9)
     assert np.allclose(got.detail["p_b"], p, atol=1e-9)
@@ -207,7 +208,7 @@ def test_c2st_resample_copies_stay_in_one_fold():
     a, b = views(xa, xb)
     draws = C.C2ST().draws(a, b, None)
     boot = S.bootstrap(draws, 8, seed=0)
-    assert abs(boot.mean()) < 0.12
+    assert abs(boot.mean()) < 0.1   # copies split across folds: 0.20
 
 
 # ----------------------------------------------------------------------------- a planted missing mode
@@ -221,11 +222,11 @@ def test_a_missing_mode_is_found_image_by_image():
     flagged = np.intersect1d(prdc.detail["uncovered_a"], removed)
     assert len(flagged) / len(removed) >= 0.8
     c2st = C.C2ST().compare(a, b)
-    a_like = [f for f in c2st.findings if f.title.startswith("images of A most A-like")][0]
+    a_like = next(f for f in c2st.findings if f.title.startswith("images of A most A-like"))
     top = np.asarray([r["image"] for r in a_like.rows])
     assert len(top) == 50 and np.isin(top, removed).mean() >= 0.8
     kid = K.KernelInceptionDistance().compare(a, b)
-    a_excess = [f for f in kid.findings if f.side == "a"][0]
+    a_excess = next(f for f in kid.findings if f.side == "a")
     assert np.isin([r["image"] for r in a_excess.rows], removed).mean() >= 0.8
     p = {}
     for name, comp, n in (("kid", K.KernelInceptionDistance(), 199), ("prdc", P.PRDC(), 199), ("c2st", C.C2ST(), 119)):
