@@ -35,8 +35,12 @@ from bench.statistics import Draws, make_blocks
 from .common import side_features, top_rows
 
 KERNELS = ("poly", "rbf")
-#: rows of a kernel chunk (chunk × n float64 at a time)
-CHUNK = 1024
+#: bytes of one kernel chunk (rows × n float64): 128 MiB, at most 1,024 rows
+CHUNK_BYTES = 2**27
+
+
+def chunk_rows(n: int) -> int:
+    return max(1, min(1024, CHUNK_BYTES // (8 * n)))
 #: images of A ∪ B scored one image per block (P is n² float64: 4,096 images are 128 MiB)
 SINGLE_MAX = 4096
 #: rows the median heuristic looks at (all pairs of this many images of A ∪ B, chosen seeded)
@@ -74,9 +78,10 @@ def kernel_diagonal(x: np.ndarray, kind: str) -> np.ndarray:
 def kernel_row_sums(x: np.ndarray, n_a: int, kind: str, sigma: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Each image's kernel sum over A and over B (self included), a chunk of rows at a time."""
     to_a, to_b = np.empty(len(x)), np.empty(len(x))
-    for s in range(0, len(x), CHUNK):
-        k = kernel(x[s:s + CHUNK], x, kind, sigma)
-        to_a[s:s + CHUNK], to_b[s:s + CHUNK] = k[:, :n_a].sum(1), k[:, n_a:].sum(1)
+    chunk = chunk_rows(len(x))
+    for s in range(0, len(x), chunk):
+        k = kernel(x[s:s + chunk], x, kind, sigma)
+        to_a[s:s + chunk], to_b[s:s + chunk] = k[:, :n_a].sum(1), k[:, n_a:].sum(1)
     return to_a, to_b
 
 
@@ -91,19 +96,20 @@ def mmd2_unbiased(to_a: np.ndarray, to_b: np.ndarray, diag: np.ndarray, n_a: int
 
 def block_pair_sums(x: np.ndarray, of: np.ndarray, count: int, kind: str, sigma: float | None) -> np.ndarray:
     """P_kl = Σ k(x_i, x_j) over i in block k, j in block l, i ≠ j (a chunk of rows at a time)."""
+    chunk = chunk_rows(len(x))
     if count == len(x) and np.array_equal(of, np.arange(len(x))):
         p = np.empty((len(x), len(x)))
-        for s in range(0, len(x), CHUNK):
-            p[s:s + CHUNK] = kernel(x[s:s + CHUNK], x, kind, sigma)
+        for s in range(0, len(x), chunk):
+            p[s:s + chunk] = kernel(x[s:s + chunk], x, kind, sigma)
         np.fill_diagonal(p, 0.0)
         return p
     order = np.argsort(of, kind="stable")
     xs, ofs = x[order], of[order]
     starts = np.flatnonzero(np.r_[True, ofs[1:] != ofs[:-1]])
     p = np.zeros((count, count))
-    for s in range(0, len(xs), CHUNK):
-        cols = np.add.reduceat(kernel(xs[s:s + CHUNK], xs, kind, sigma), starts, axis=1)
-        ids = ofs[s:s + CHUNK]
+    for s in range(0, len(xs), chunk):
+        cols = np.add.reduceat(kernel(xs[s:s + chunk], xs, kind, sigma), starts, axis=1)
+        ids = ofs[s:s + chunk]
         runs = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
         p[ids[runs]] += np.add.reduceat(cols, runs, axis=0)
     p[np.diag_indices(count)] -= np.bincount(of, weights=kernel_diagonal(x, kind), minlength=count)

@@ -33,8 +33,12 @@ from bench.statistics import Draws, make_blocks
 
 from .common import positive_int, side_features, top_rows
 
-#: rows of a distance chunk (chunk × n float64 at a time)
-CHUNK = 1024
+#: bytes of one distance chunk (rows × n float64): 128 MiB, at most 1,024 rows
+CHUNK_BYTES = 2**27
+
+
+def chunk_rows(n: int) -> int:
+    return max(1, min(1024, CHUNK_BYTES // (8 * n)))
 #: longest neighbour list kept per image (n × L distances and indices)
 MAX_LIST = 512
 
@@ -55,16 +59,17 @@ class NeighbourGraph:
         self.complete = length == n - 1
         self.idx = np.empty((n, length), dtype=np.int64)
         self.dist = np.empty((n, length))
-        for s in range(0, n, CHUNK):
-            d = distances(x[s:s + CHUNK], x)
+        chunk = chunk_rows(n)
+        for s in range(0, n, chunk):
+            d = distances(x[s:s + chunk], x)
             rows = np.arange(len(d))
             d[rows, s + rows] = np.inf          # a node is not its own neighbour
             part = np.argpartition(d, length - 1, axis=1)[:, :length] if length < n - 1 else \
                 np.argsort(d, axis=1, kind="stable")[:, :length]
             dp = np.take_along_axis(d, part, axis=1)
             order = np.argsort(dp, axis=1, kind="stable")
-            self.idx[s:s + CHUNK] = np.take_along_axis(part, order, axis=1)
-            self.dist[s:s + CHUNK] = np.take_along_axis(dp, order, axis=1)
+            self.idx[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+            self.dist[s:s + chunk] = np.take_along_axis(dp, order, axis=1)
 
     def _full(self, row: int) -> tuple[np.ndarray, np.ndarray]:
         d = distances(self.x[row:row + 1], self.x)[0]
