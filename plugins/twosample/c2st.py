@@ -172,4 +172,8 @@ def _findings(p: np.ndarray, n_a: int) -> list[Finding]:
     out.append(Finding("out-of-fold P(B) by side (histogram)",
                        rows=[{"from": float(lo), "to": float(hi), "a": int(ca), "b": int(cb)}
                              for lo, hi, ca, cb in zip(edges[:-1], edges[1:], count_a, count_b)]))
+    # every image's probability, so the record holds it (a comparison's detail is not saved)
+    out.append(Finding("out-of-fold P(B) of every image (A's, then B's)",
+                       rows=[{"side": "a" if j < n_a else "b", "image": int(j if j < n_a else j - n_a),
+                              "p_b": float(v)} for j, v in enumerate(p)]))
     return out

@@ -293,6 +293,13 @@ def test_compare_records_and_the_report_section(tmp_path, capsys):
     assert set(recs) == {"kid", "prdc", "c2st"} and all(r.status == "ok" for r in recs.values())
     assert {"precision", "recall", "density", "coverage"} <= set(recs["prdc"].statistics)
     assert recs["c2st"].tables["null"][0]["draws"] == 19
+    loaded = RunStore(out).load()
+    path = next(p for r, p in zip(loaded.records, loaded.paths) if r.method.name == "c2st")
+    findings = RunStore.load_artefacts(path)[0]["findings"]
+    every = next(f for f in findings if f["title"].startswith("out-of-fold P(B) of every image"))
+    assert len(every["rows"]) == recs["c2st"].dataset.n + recs["c2st"].dataset_b.n   # per image, in the record
+    flagged = next(f for f in findings if f["title"].startswith("images of A most A-like"))
+    assert flagged["images"] and flagged["images"][0][1] == "a"
     text = (out / "report.html").read_text(encoding="utf-8")
     assert 'id="twosample"' in text and "out-of-fold P(B), by side" in text
     assert "images of A no image of B covers" in text and "images of B most B-like" in text
