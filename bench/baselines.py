@@ -457,6 +457,10 @@ def fd_infinity(rows_a, rows_b, *, seed: int = 0, points: int = FD_INF_POINTS,
     random segments (D² float64 per segment and side; fewer points when 2 × points × D² × 8 bytes
     would pass ``budget``), else FD from the rows (as ``frechet_distance_features``).
 
+    Cost: one more pass over the features and ``points`` FDs (with more images than dimensions each
+    is two D×D eigendecompositions and an SVD; a few seconds apiece at D = 2048), so ``score``, which
+    the brute-force draws call, leaves it out.
+
     Returns fd_inf, slope, fraction, n_a, n_b, fd (per point); None under :data:`FD_INF_MIN` images a side.
     """
     from bench.statistics import STATE_BUDGET_BYTES
