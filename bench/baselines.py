@@ -428,7 +428,6 @@ def gaussian_block_sums(x, blocks: np.ndarray, n_blocks: int, rows: int | None =
     Rows are read grouped by block (image order within a block), at most ``rows`` at a time, so each
     block's outer products are one GEMM over its rows: accumulating per (chunk, block) pair took
     ~1 minute for 40,000 rows in random blocks of 45 (one tiny GEMM and one D² add per pair)."""
-    n = len(x)
     d = np.asarray(x[0:1]).shape[1]
     rows = rows or max(1, GAUSSIAN_CHUNK_BYTES // (8 * d))
     blocks = np.asarray(blocks, dtype=np.int64)

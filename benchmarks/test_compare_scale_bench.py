@@ -124,7 +124,7 @@ SCRIPT = textwrap.dedent("""
 def run_scale(which: str, n: int, d: int = DIM, perms: int = PERMS, boot: int = BOOT) -> dict:
     """One size of one comparator in a fresh process (its own peak RSS)."""
     res = subprocess.run([sys.executable, "-c", SCRIPT, which, str(n), str(d), str(perms), str(boot)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -167,9 +167,9 @@ def compare_once(a: Path, b: Path, out: Path, extra: list[str]) -> dict:
     """Wall time of one ``bench compare`` and each comparator's timings from its record."""
     cmd = [str(Path(sys.executable).with_name("bench")), "compare", f"folder:{a}", f"folder:{b}",
            "--extractor", "efficientnet-lite0", "--methods", "fd,dna,multicut,wavelet", "--no-cache",
-           "--out", str(out), *extra]
+           "--out", str(out), "--no-progress", *extra]
     t = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if res.returncode != 0:
         raise RuntimeError(res.stdout[-2000:] + res.stderr[-3000:])
