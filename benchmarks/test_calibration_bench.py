@@ -66,7 +66,7 @@ def _registries():
     return plugins.load()
 
 
-#: "efficientnet-lite0" (cached pooled features, 1280-D) or "pixels8" (8×8 RGB pixels, 192-D)
+#: "efficientnet-lite0" (cached pooled features, 1280-D) or "pixelsS" (S×S RGB pixels, 3·S²-D)
 EXTRACTOR = os.environ.get("BENCH_CALIB_EXTRACTOR", "efficientnet-lite0")
 
 
@@ -74,10 +74,10 @@ EXTRACTOR = os.environ.get("BENCH_CALIB_EXTRACTOR", "efficientnet-lite0")
 def _extractor():
     from bench.extractors.base import ExtractorConfig, create_extractor
 
-    if EXTRACTOR == "pixels8":
+    if EXTRACTOR.startswith("pixels"):
         from bench.extractors.pixels import PixelsExtractor
 
-        return PixelsExtractor(size=8)
+        return PixelsExtractor(size=int(EXTRACTOR[len("pixels"):]))
     return create_extractor(_registries().extractors.get(EXTRACTOR), weights=None, device="cpu",
                             config=ExtractorConfig())
 
@@ -239,7 +239,8 @@ def thinned_pairs(class_id: int, seed: int):
 def test_power_on_fashion_mnist_with_one_class_thinned(benchmark, name):
     pairs = thinned_pairs(class_id=0, seed=0)
     out = benchmark.pedantic(lambda: ladder_power(comparator(name), pairs, THINNING, seed=0), rounds=1, iterations=1)
-    record("power-fmnist-thinned", comparator=name, extractor=EXTRACTOR, permutations=POWER_PERMS, thinned_class=0, **out)
+    record("power-fmnist-thinned", comparator=name, extractor=EXTRACTOR, permutations=POWER_PERMS, thinned_class=0,
+           **out)
     if out["first_brute"] not in (None, "not run"):   # rungs are keep fractions: larger is better
         assert out["first_block"] is not None and out["first_block"] >= out["first_brute"]
 

@@ -116,7 +116,8 @@ SCRIPT = textwrap.dedent("""
     ci = S.basic_interval(score, b)
     out.update({"score": score, "p": S.p_value(score, null, 1.0), "ci": [ci.low, ci.high],
                 "null_s": t2 - t1, "bootstrap_s": t3 - t2, "draws_s": t3 - t1, "total_s": t3 - t0,
-                "rss_peak_mb": peak()})
+                "rss_peak_mb": peak(), "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+                "load_avg": os.getloadavg()})
     print(json.dumps(out))
 """)
 
