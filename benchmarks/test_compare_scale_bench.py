@@ -177,8 +177,9 @@ def compare_once(a: Path, b: Path, out: Path, extra: list[str]) -> dict:
     per = {}
     for path in glob.glob(str(out / "compare" / "**" / "seed0.json"), recursive=True):
         rec = json.loads(Path(path).read_text())
-        per[rec.get("method") or Path(path).parent.name] = {
-            "timings_s": rec.get("timings_s"), "p_value": rec.get("metrics", {}).get("p_value"),
+        per[rec["method"]["name"]] = {
+            "timings_s": rec.get("timings_s"), "peak_memory_mb": rec.get("peak_memory_mb"),
+            "p_value": rec.get("metrics", {}).get("p_value"),
             "score": rec.get("metrics", {}).get("score"), "null": rec.get("tables", {}).get("null"),
             "ci": rec.get("tables", {}).get("ci")}
     return {"wall_s": wall, "per_method": per, "stdout_tail": res.stdout[-1500:]}
