@@ -250,7 +250,8 @@ class _ViewRows:
     def __len__(self) -> int:
         return len(self.view)
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, rows: slice | np.ndarray) -> np.ndarray:
+        """A slice of rows, or positions (gaussian_block_sums reads a block's rows together)."""
         return self.view.features(self.layer, rows=rows)
 
 
@@ -530,21 +531,42 @@ class _SavedRows:
 
 
 def gaussian_block_sums(x, blocks: np.ndarray, n_blocks: int, rows: int | None = None) -> dict[str, np.ndarray]:
-    """``count`` (K,), ``sum`` (K, D) and ``outer`` (K, D, D) float64 of the rows of each block."""
-    n = len(x)
+    """``count`` (K,), ``sum`` (K, D) and ``outer`` (K, D, D) float64 of the rows of each block.
+
+    Rows are read grouped by block (image order within a block), at most ``rows`` at a time, so each
+    block's outer products are one GEMM over its rows: accumulating per (chunk, block) pair took
+    ~1 minute for 40,000 rows in random blocks of 45 (one tiny GEMM and one D² add per pair)."""
     d = np.asarray(x[0:1]).shape[1]
     rows = rows or max(1, GAUSSIAN_CHUNK_BYTES // (8 * d))
+    blocks = np.asarray(blocks, dtype=np.int64)
     count = np.bincount(blocks, minlength=n_blocks).astype(np.float64)
     total = np.zeros((n_blocks, d))
     outer = np.zeros((n_blocks, d, d))
-    for s in range(0, n, rows):
-        chunk = check_finite(np.asarray(x[s:s + rows], dtype=np.float64))
-        ids = blocks[s:s + rows]
-        np.add.at(total, ids, chunk)
-        for k in np.unique(ids):
-            part = chunk[ids == k]
-            outer[k] += part.T @ part
+    order = np.argsort(blocks, kind="stable")          # by block, image order within a block
+    ends = np.cumsum(np.bincount(blocks, minlength=n_blocks))
+    starts = ends - np.bincount(blocks, minlength=n_blocks)
+    k = 0
+    while k < n_blocks:
+        # consecutive blocks whose rows fit one read (a block larger than ``rows`` is read in pieces)
+        stop = max(k + 1, int(np.searchsorted(ends, starts[k] + rows, side="right")))
+        lo, hi = int(starts[k]), int(ends[stop - 1])
+        for s in range(lo, hi, rows if stop == k + 1 else hi - lo or 1):
+            idx = order[s:min(hi, s + rows)]
+            chunk = check_finite(np.asarray(_gather(x, idx), dtype=np.float64))
+            ids = blocks[idx]
+            cuts = np.flatnonzero(np.diff(ids)) + 1
+            for part, j in zip(np.split(chunk, cuts), ids[np.r_[0, cuts]]):
+                total[j] += part.sum(0)
+                outer[j] += part.T @ part
+        k = stop
     return {"count": count, "sum": total, "outer": outer}
+
+
+def _gather(x, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (ascending within a block) of an array, a memmap or a row reader."""
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (np.diff(idx) == 1).all():
+        return np.asarray(x[int(idx[0]):int(idx[-1]) + 1])
+    return np.asarray(x[idx])
 
 
 def gaussian_from_sums(stats: dict) -> tuple[np.ndarray, np.ndarray]:

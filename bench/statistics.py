@@ -165,17 +165,38 @@ class AdditiveDraws(Draws):
     constants: dict[str, Any] = field(default_factory=dict)
 
     def total(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        return self.totals(np.asarray(w, dtype=np.float64)[None])[0]
+
+    def totals(self, w: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Each row of ``w`` (sides × blocks) summed over the blocks, in one pass over the states.
+
+        A permutation draw or resample reads every block's state once for both sides, in place: no
+        copy of the selected blocks (half the states per side per draw) and, for integer states
+        (DNA's counts), no float64 copy of all of them; at 1 GB of states that copying was most of a
+        draw. Integer counts sum exactly in float64, so DNA's totals are unchanged bit for bit."""
         w = np.asarray(w, dtype=np.float64)
-        out = {}
+        out: list[dict[str, np.ndarray]] = [{} for _ in range(len(w))]
         for k, v in self.arrays.items():
-            nz = np.flatnonzero(w)
-            flat = v[nz].reshape(len(nz), -1)
-            out[k] = (w[nz] @ flat.astype(np.float64, copy=False)).reshape(v.shape[1:])
-        out.update(self.constants)
+            flat = v.reshape(len(v), -1)
+            if flat.dtype == np.float64:
+                sums = w @ flat
+            else:   # float64 a slice of columns at a time: memory stays that of the states
+                step = max(1, _CAST_BYTES // (8 * max(1, len(flat))))
+                sums = np.concatenate([w @ flat[:, c:c + step].astype(np.float64)
+                                       for c in range(0, flat.shape[1], step)], axis=1)
+            for i in range(len(w)):
+                out[i][k] = sums[i].reshape(v.shape[1:])
+        for o in out:
+            o.update(self.constants)
         return out
 
     def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
-        return float(self.finalize(self.total(w_a), self.total(w_b)))
+        a, b = self.totals(np.stack([np.asarray(w_a, np.float64), np.asarray(w_b, np.float64)]))
+        return float(self.finalize(a, b))
+
+
+#: bytes of the float64 columns :meth:`AdditiveDraws.totals` converts at once from integer states
+_CAST_BYTES = 2**24
 
 
 def split_saved(saved: dict[str, Any], who: str) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
