@@ -372,7 +372,7 @@ class DNAComparator(Comparator):
         return Ranges(mins, maxs, mode=conv["mode"], scale=conv["scale"])
 
     def state_bytes(self, view: DataView, context: dict[str, Any]) -> int:
-        return 8 * self.bins * sum(int(v) for v in context["neurons"].values())
+        return 4 * self.bins * sum(int(v) for v in context["neurons"].values())
 
     def block_states(self, view: DataView, blocks: np.ndarray, n_blocks: int, *, context: dict[str, Any],
                      seed: int = 0) -> dict[str, np.ndarray]:
@@ -385,7 +385,8 @@ class DNAComparator(Comparator):
         base = (tuple(layers), kinds, self.bins, ranges.digest(), self.sample, self.precision)
         ext = extractor_meta(view)
         self._cached(("dna", _view_key(view), *base), lambda: self._finish(builder, kinds, ext, view.name))
-        return {f"counts:{k}": builder.counts[k].cpu().numpy() for k in layers}
+        # int32 halves the states (a block's count in one bin is at most its images × positions)
+        return {f"counts:{k}": builder.counts[k].cpu().numpy().astype(np.int32) for k in layers}
 
     def finalize(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, context: dict[str, Any]) -> float:
         """Mean EMD over the (selected) neurons between A's and B's summed histograms."""
