@@ -22,7 +22,9 @@ import numpy as np
 from scipy import stats as sps
 
 from bench.api import Comparator, Comparison, DataView, Finding
+from bench.baselines import faiss_kmeans
 from bench.errors import BenchError, DataError
+from bench.hookspecs import hookimpl
 from bench.statistics import Draws, benjamini_hochberg, make_blocks
 
 
@@ -103,8 +105,6 @@ class DifferenceAtlas(Comparator):
 
     def _regions(self, a: DataView, b: DataView, seed: int):
         """The partition of A ∪ B (the last one is kept: draws and findings of one compare share it)."""
-        from bench.baselines import faiss_kmeans
-
         self.check_params()
         key = (a.source.name, a.source.revision, a.indices.tobytes(), b.source.name, b.source.revision,
                b.indices.tobytes(), seed, repr(self.get_params()))
@@ -207,3 +207,8 @@ def draw_map(x: np.ndarray, side: np.ndarray, codes: np.ndarray, significant: li
     fig.savefig(buf, format="png")
     plt.close(fig)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+@hookimpl
+def bench_register_comparators(registry):
+    registry.add("atlas", DifferenceAtlas)

@@ -27,7 +27,8 @@ ENTRY_POINT_GROUP = "bench"
 #: the distribution whose entry points are first-party (``plugins/``): they load before any other
 FIRST_PARTY = "bench"
 #: harness modules registered like any plugin (pytest's default_plugins)
-BUILTIN_PLUGINS = ("bench.datasets.builtin", "bench.extractors.builtin", "bench.baselines", "bench.report_core")
+BUILTIN_PLUGINS = ("bench.datasets.builtin", "bench.extractors.builtin", "bench.baselines", "bench.atlas",
+                   "bench.report_core")
 
 
 @dataclass

@@ -172,7 +172,7 @@ def bad_inputs(lfw, tmp_path_factory) -> dict[str, Path]:
     (["{faces}", "{empty}"], "no images found"),
     (["{faces}", "{one}"], "has 1 image"),
     (["{other}", "{nonfaces}", "--extractor", "pixels"],
-     "made with extractor .tiny-vit., this comparison uses .pixels."),
+     "was made with extractor 'tiny-vit', this comparison uses 'pixels'"),
     (["{saved}", "{nonfaces}", "--extractor", "pixels", "--methods", "dna"], "holds no summary for method 'dna'"),
     (["{saved}", "{nonfaces}", "--extractor", "pixels", "--methods", "fd", "--set", "fd.layer=tokens"],
      "fd.params.layer: saved 'pooled', now 'tokens'"),

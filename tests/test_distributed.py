@@ -131,7 +131,11 @@ def test_torchrun_run_matches_one_process_and_resumes_a_lost_shard(tmp_path):
     np.testing.assert_array_equal(a["codes"], b["codes"])
     np.testing.assert_allclose(a["centroids"], b["centroids"], atol=1e-4)
     rec = {d: json.loads(next((tmp_path / d).glob("*/*/fd@*/*/seed0.json")).read_text()) for d in ("r1", "r2")}
-    assert rec["r1"]["metrics"] == rec["r2"]["metrics"]
+    # the same features; FD's linear algebra may round its last digits with the threads a rank gets
+    m1, m2 = rec["r1"]["metrics"], rec["r2"]["metrics"]
+    assert m1.keys() == m2.keys()
+    for k in m1:
+        assert m1[k]["value"] == pytest.approx(m2[k]["value"], rel=1e-12), k
 
     # rank 1 "lost" its shard: the rerun recomputes that shard only
     shard0, shard1 = (tmp_path / "c2" / s["file"] for s in shards)

@@ -49,10 +49,10 @@ def test_gram_fd_equals_the_feature_route_for_weights():
     x = rng.normal(size=(30, 50)) + 3.0          # fewer images than dimensions, off-centre
     blocks = S.make_blocks(12, 18, 1, 0)
     draws = GramFrechetDraws(blocks, x)
-    assert draws.observed() == pytest.approx(frechet_distance_features(x[:12], x[12:]), rel=1e-10)
+    assert draws.observed() == pytest.approx(frechet_distance_features(x[:12], x[12:]), rel=1e-8)
     wa, wb = S.bootstrap_weights(blocks, np.random.default_rng(2))
     ia, ib = np.repeat(np.arange(30), wa.astype(int)), np.repeat(np.arange(30), wb.astype(int))
-    assert draws.score(wa, wb) == pytest.approx(frechet_distance_features(x[ia], x[ib]), rel=1e-9)
+    assert draws.score(wa, wb) == pytest.approx(frechet_distance_features(x[ia], x[ib]), rel=1e-8)
 
 
 def test_single_image_blocks_give_the_brute_force_null_and_p():

@@ -348,7 +348,23 @@ def nearest_neighbours(query: np.ndarray, base: np.ndarray, k: int, *,
         mask[np.arange(len(q32)), first_self] = False
         d2 = d2[mask].reshape(len(q32), kk - 1)
         idx = idx[mask].reshape(len(q32), kk - 1)
-    return np.sqrt(np.clip(d2, 0, None)).astype(np.float64), idx.astype(np.int64)
+    return _exact_distances(q32, base32, idx.astype(np.int64))
+
+
+def _exact_distances(query: np.ndarray, base: np.ndarray, idx: np.ndarray,
+                     chunk_bytes: int = 2**26) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbours' distances recomputed in float64 and each row re-sorted: faiss's float32
+    ‖q‖² + ‖b‖² − 2 q·b turns an exact copy's 0 into rounding noise (~√ε ‖x‖), which moved the
+    score with how the rows happened to be centred or blocked."""
+    n, k = idx.shape
+    out = np.empty((n, k))
+    rows = max(1, chunk_bytes // (8 * max(1, k * query.shape[1])))
+    for s in range(0, n, rows):
+        q = query[s:s + rows].astype(np.float64)
+        diff = base[idx[s:s + rows]].astype(np.float64) - q[:, None, :]
+        out[s:s + rows] = np.sqrt(np.einsum("nkd,nkd->nk", diff, diff))
+    order = np.argsort(out, axis=1, kind="stable")
+    return np.take_along_axis(out, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def train_test_analysis(train: np.ndarray, test: np.ndarray, *, threshold: float = 0.9,
