@@ -108,3 +108,23 @@ def test_state_disagrees_is_right_without_the_bug():
     obj = _StateDisagrees()
     draws = obj.draws(a, b, make_blocks(30, 30, 3, 0))
     assert math.isclose(draws.observed() - 1.0, obj.compare(a, b).score, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_compare_with_protosim_ends_with_a_table(tmp_path, capsys):
+    """The live bug of issue 28: ProtoSim's parameter `score` hid Comparator.score(), so a compare
+    trained and then failed with a traceback."""
+    from PIL import Image
+
+    from bench.cli import main
+    from bench.testing import make_tiny_source
+
+    src = make_tiny_source(24, size=32)
+    for name, rows in (("a", range(12)), ("b", range(12, 24))):
+        (tmp_path / name).mkdir()
+        for i in rows:
+            Image.fromarray(src.array[i]).save(tmp_path / name / f"{i:02d}.png")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--methods", "protosim", "--preset", "quick",
+                 "--permutations", "1", "--bootstrap", "0", "--no-cache", "--no-progress", "--workers", "0",
+                 "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "protosim" in out and "decision at" in out
