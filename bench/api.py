@@ -500,6 +500,13 @@ class Comparator(_Method):
         return cls.summarise is not Comparator.summarise and cls.compare_summary is not Comparator.compare_summary
 
 
+def comparison_key(method: _Method, a: DataView, b: DataView, seed: int) -> tuple:
+    """What a comparison of ``a`` with ``b`` depends on (data, rows, seed, parameters): the key under
+    which a comparator keeps work that its draws and its findings share (a clustering of A ∪ B)."""
+    return (a.source.name, a.source.revision, a.indices.tobytes(), b.source.name, b.source.revision,
+            b.indices.tobytes(), seed, repr(method.get_params()))
+
+
 def check_k(k: int, n: int, *, what: str = "K", method: str = "") -> None:
     """The one-line error every clustering method raises for K > N or K < 1."""
     prefix = f"{method}: " if method else ""

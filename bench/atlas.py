@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats as sps
 
-from bench.api import Comparator, Comparison, DataView, Finding
+from bench.api import Comparator, Comparison, DataView, Finding, comparison_key
 from bench.baselines import faiss_kmeans
 from bench.errors import BenchError, DataError
 from bench.hookspecs import hookimpl
@@ -106,8 +106,7 @@ class DifferenceAtlas(Comparator):
     def _regions(self, a: DataView, b: DataView, seed: int):
         """The partition of A ∪ B (the last one is kept: draws and findings of one compare share it)."""
         self.check_params()
-        key = (a.source.name, a.source.revision, a.indices.tobytes(), b.source.name, b.source.revision,
-               b.indices.tobytes(), seed, repr(self.get_params()))
+        key = comparison_key(self, a, b, seed)
         last = self.__dict__.get("_last")
         if last is not None and last[0] == key:
             return last[1]

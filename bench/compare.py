@@ -30,7 +30,7 @@ from bench.datasets.base import DatasetSpec, ImageSource
 from bench.errors import BenchError, UnknownNameError
 from bench.factory import create_method, parse_setting, resolve_settings
 from bench.metrics import HIGHER_IS_BETTER
-from bench.runstore import jsonable
+from bench.runstore import check_writable_dir, jsonable
 
 #: permutations for each class's p-value with ``--per-class`` (each class is a smaller comparison)
 PER_CLASS_DRAWS = 50
@@ -138,8 +138,6 @@ class CompareRun:
         validate_shared(cfg, self.regs)
         for path, what in ((cfg.report, "--report"), (cfg.save, "--save")):
             if path is not None:
-                from bench.runstore import check_writable_dir
-
                 check_writable_dir(Path(path).parent, what)
                 if Path(path).is_dir():
                     raise BenchError(f"{what} {str(path)!r} is a folder; give a file name")

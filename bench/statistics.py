@@ -166,9 +166,6 @@ class AdditiveDraws(Draws):
     #: values that are the same for every block (JSON-able or arrays), passed through unchanged
     constants: dict[str, Any] = field(default_factory=dict)
 
-    def total(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        return self.totals(np.asarray(w, dtype=np.float64)[None])[0]
-
     def totals(self, w: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Each row of ``w`` (sides × blocks) summed over the blocks, in one pass over the states.
 

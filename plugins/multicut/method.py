@@ -18,7 +18,7 @@ from bench_multicut import solver as S
 from bench_multicut import stats as T
 from bench_multicut.findings import multicut_findings
 
-from bench.api import Comparator, Comparison, DataView, Summariser, Summary, check_finite
+from bench.api import Comparator, Comparison, DataView, Summariser, Summary, check_finite, comparison_key
 from bench.errors import BenchError, DataError
 from bench.statistics import Draws
 
@@ -305,8 +305,7 @@ class MulticutComparator(_MulticutParams, Comparator):
         if xa.shape[1] != xb.shape[1]:
             raise DataError(f"multicut: feature sizes differ ({xa.shape[1]} vs {xb.shape[1]}); "
                             "compare datasets through the same extractor")
-        key = (a.source.name, a.source.revision, a.indices.tobytes(), b.source.name, b.source.revision,
-               b.indices.tobytes(), seed, repr(self.get_params()))
+        key = comparison_key(self, a, b, seed)
         last = self.__dict__.get("_last_union")
         if last is None or last[0] != key:
             self.__dict__["_last_union"] = (key, self._run(np.concatenate([xa, xb]), a, seed))
