@@ -1,14 +1,19 @@
 """The difference atlas: *where* A and B differ, region by region, with error control.
 
 A ∪ B is partitioned into K regions by k-means on the pooled features (K from n, recorded), without
-looking at which side an image came from. For each region the share of B is compared with B's share
-overall: under "no difference" the side labels are exchangeable, so a region's count of B images is
-hypergeometric given the partition — the exact permutation distribution, whose two-sided p-value
-is Fisher's exact test. Benjamini–Hochberg controls the false discovery rate across regions; each
-region names its majority class (where labels exist) and representative images of each side.
+looking at which side an image came from. A difference can be finer or coarser than one k-means
+cell (a class split over two cells, or a shift spread over a family of classes), so the regions
+are also joined into a tree (Ward's linkage of the K centres, again without the sides) and every
+node below the root is a region too: the K cells and the K − 2 unions above them. For each region
+the share of B is compared with B's share overall: under "no difference" the side labels are
+exchangeable, so a region's count of B images is hypergeometric given the partition — the exact
+permutation distribution, whose two-sided p-value is Fisher's exact test. Benjamini–Hochberg
+controls the false discovery rate across all 2K − 2 regions (nested regions are positively
+dependent, where BH stays valid); each region names its majority class (where labels exist) and
+representative images of each side.
 
 As a comparator its score is the total-variation distance between A's and B's distributions over
-the regions (½ Σ_r |a_r/n_A − b_r/n_B|), with a permutation null and interval drawn by relabelling
+the K cells (½ Σ_r |a_r/n_A − b_r/n_B|), with a permutation null and interval drawn by relabelling
 the clustered images; its p-value is Simes' combination of the regions' exact p-values (the smallest
 BH-adjusted one), so it is not floored by the number of draws. It stands beside the other
 comparators in a compare and is adjusted with them.
@@ -49,19 +54,35 @@ class RegionDraws(Draws):
         return _tv(self.codes, self.k, np.asarray(w_a, np.float64), np.asarray(w_b, np.float64))
 
 
+def region_tree(centroids: np.ndarray) -> list[np.ndarray]:
+    """The cells each region covers: region r < K is cell r, region K + i the union Ward's linkage of
+    the centres makes at its i-th merge; the root (everything) is left out. Side-blind, like the cells."""
+    from scipy.cluster.hierarchy import linkage
+
+    k = len(centroids)
+    nodes = [np.array([r]) for r in range(k)]
+    if k > 2:
+        for left, right, _, _ in linkage(np.asarray(centroids, np.float64), method="ward")[:-1]:
+            nodes.append(np.sort(np.r_[nodes[int(left)], nodes[int(right)]]))
+    return nodes
+
+
 def region_table(codes: np.ndarray, side: np.ndarray, labels: np.ndarray | None, class_names: list[str] | None,
-                 x: np.ndarray, centroids: np.ndarray, n_images: int = 4) -> list[dict[str, Any]]:
-    """One row per region: counts, shares, Fisher's exact p, BH-adjusted p, majority class, and the
-    images of each side nearest the region's centre; sorted by adjusted p."""
+                 x: np.ndarray, centroids: np.ndarray, n_images: int = 4,
+                 nodes: list[np.ndarray] | None = None) -> list[dict[str, Any]]:
+    """One row per region (``nodes``: the cells each covers; default the cells alone): counts,
+    shares, Fisher's exact p, BH-adjusted p, majority class, and the images of each side nearest the
+    region's centre; sorted by adjusted p, then the smaller region first."""
     n_a, n_b = int((side == 0).sum()), int((side == 1).sum())
+    nodes = nodes if nodes is not None else [np.array([r]) for r in range(len(centroids))]
     rows = []
-    for r in range(len(centroids)):
-        members = np.flatnonzero(codes == r)
+    for r, cells in enumerate(nodes):
+        members = np.flatnonzero(np.isin(codes, cells))
         if len(members) == 0:
             continue
         a_r, b_r = int((side[members] == 0).sum()), int((side[members] == 1).sum())
         p = float(sps.fisher_exact([[a_r, n_a - a_r], [b_r, n_b - b_r]])[1])
-        row: dict[str, Any] = {"region": r, "n_a": a_r, "n_b": b_r,
+        row: dict[str, Any] = {"region": r, "cells": [int(c) for c in cells], "n_a": a_r, "n_b": b_r,
                                "share_a": a_r / n_a, "share_b": b_r / n_b,
                                "more_in": "B" if b_r / n_b > a_r / n_a else "A", "p_value": p}
         if labels is not None:
@@ -71,14 +92,15 @@ def region_table(codes: np.ndarray, side: np.ndarray, labels: np.ndarray | None,
                 top = np.bincount(lab).argmax()
                 row["majority_class"] = class_names[top] if class_names else str(top)
                 row["class_share"] = float((lab == top).mean())
-        d = ((x[members] - centroids[r]) ** 2).sum(1)
+        centre = centroids[cells[0]] if len(cells) == 1 else x[members].mean(0)
+        d = ((x[members] - centre) ** 2).sum(1)
         order = members[np.argsort(d, kind="stable")]
         row["images_a"] = [int(i) for i in order[side[order] == 0][:n_images]]
         row["images_b"] = [int(i) - n_a for i in order[side[order] == 1][:n_images]]
         rows.append(row)
     for row, q in zip(rows, benjamini_hochberg(np.asarray([r["p_value"] for r in rows]))):
         row["p_adjusted"] = float(q)
-    rows.sort(key=lambda r: (r["p_adjusted"], r["p_value"], r["region"]))
+    rows.sort(key=lambda r: (r["p_adjusted"], r["p_value"], len(r["cells"]), r["region"]))
     return rows
 
 
@@ -130,17 +152,18 @@ class DifferenceAtlas(Comparator):
         if a.labels is not None and b.labels is not None and a.source is b.source:
             labels = np.concatenate([a.labels, b.labels])
         names = list(a.source.class_names or []) if labels is not None else None
-        rows = region_table(codes, side, labels, names, x, centroids)
+        rows = region_table(codes, side, labels, names, x, centroids, nodes=region_tree(centroids))
         significant = [r for r in rows if r["p_adjusted"] < self.fdr]
         score = _tv(codes, k, (side == 0).astype(np.float64), (side == 1).astype(np.float64))
         images = []
         for r in significant[:6]:
-            what = f"region {r['region']}" + (f" ({r['majority_class']})" if "majority_class" in r else "")
+            what = _region_name(r)
             images.append((f"{what}: more in {r['more_in']}, q={r['p_adjusted']:.2g} — A", "a", r["images_a"]))
             images.append((f"{what} — B", "b", r["images_b"]))
         table = [{k_: v for k_, v in r.items() if not k_.startswith("images_")} for r in rows]
-        findings = [Finding(f"regions of A ∪ B that one side fills more (K={k}, Fisher exact, BH at FDR "
-                            f"{self.fdr:g}: {len(significant)} significant)", rows=table, images=images)]
+        findings = [Finding(f"regions of A ∪ B that one side fills more ({k} k-means cells and the {len(rows) - k} "
+                            f"unions of their tree; Fisher exact, BH at FDR {self.fdr:g}: {len(significant)} "
+                            f"significant)", rows=table, images=images)]
         findings.append(Finding("map of A ∪ B", figures={"map": draw_map(x, side, codes, significant, seed)},
                                 rows=[{"embedding": embedding_name(), "points": len(x),
                                        "outlined": ", ".join(f"region {r['region']}" for r in significant[:8])}]))
@@ -150,6 +173,12 @@ class DifferenceAtlas(Comparator):
         simes = min((r["p_adjusted"] for r in rows), default=1.0)
         return Comparison(score=score, detail={"regions": rows, "codes": codes, "k": k}, statistics=stats,
                           findings=findings, p_value=simes)
+
+
+def _region_name(row: dict[str, Any]) -> str:
+    cells = row.get("cells", [row["region"]])
+    where = f"region {row['region']}" + (f" (cells {', '.join(map(str, cells))})" if len(cells) > 1 else "")
+    return where + (f" ({row['majority_class']})" if "majority_class" in row else "")
 
 
 def embedding_name() -> str:
@@ -186,8 +215,8 @@ def draw_map(x: np.ndarray, side: np.ndarray, codes: np.ndarray, significant: li
         pts = xy[side == s]
         ax.scatter(pts[:, 0], pts[:, 1], s=6, c=colour, alpha=0.5, label=f"{label} ({len(pts)})", linewidths=0)
     for r in significant[:8]:
-        pts = xy[codes == r["region"]]
-        name = f"region {r['region']}" + (f": {r['majority_class']}" if "majority_class" in r else "")
+        pts = xy[np.isin(codes, r.get("cells", [r["region"]]))]
+        name = _region_name(r)
         if len(pts) >= 3:
             try:
                 hull = pts[ConvexHull(pts).vertices]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench import plugins
 from bench import statistics as S
-from bench.atlas import region_table
+from bench.atlas import region_table, region_tree
 from bench.cli import main
 from bench.compare import EXIT_DIFFERENT, CompareConfig, CompareRun, Side
 from bench.testing import make_tiny_source
@@ -65,6 +65,28 @@ def test_region_table_p_values_are_fishers_exact_and_bh_adjusted():
     assert by[0]["p_value"] == pytest.approx(fisher_exact([[30, 30], [5, 35]])[1])
     np.testing.assert_allclose([by[0]["p_adjusted"], by[1]["p_adjusted"]],
                                S.benjamini_hochberg(np.array([by[0]["p_value"], by[1]["p_value"]])))
+
+
+def test_a_shift_split_over_two_cells_is_found_in_their_union():
+    """Cells 0 and 1 (close centres) each hold a mild excess of B, too weak alone after BH over the
+    regions; their union, a node of the centres' tree, holds both and is the most significant region."""
+    from scipy.stats import fisher_exact
+
+    centroids = np.array([[0.0, 0.0], [0.5, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0], [10.0, 20.0]])
+    nodes = region_tree(centroids)
+    assert len(nodes) == 2 * len(centroids) - 2 and any(sorted(n.tolist()) == [0, 1] for n in nodes)
+    counts_a = [30, 30, 60, 60, 60, 60]          # 300 images of A
+    counts_b = [45, 45, 60, 60, 60, 60]          # 330 of B: cells 0 and 1 have 15 more each
+    codes = np.concatenate([np.full(k, c) for c, k in enumerate(counts_a)] +
+                           [np.full(k, c) for c, k in enumerate(counts_b)])
+    side = np.r_[np.zeros(sum(counts_a), int), np.ones(sum(counts_b), int)]
+    x = centroids[codes]
+    rows = region_table(codes, side, None, None, x, centroids, nodes=nodes)
+    top = rows[0]
+    assert top["cells"] == [0, 1] and top["more_in"] == "B"
+    assert top["p_value"] == pytest.approx(fisher_exact([[60, 240], [90, 240]])[1])
+    cells_alone = region_table(codes, side, None, None, x, centroids)
+    assert min(r["p_adjusted"] for r in cells_alone) > top["p_adjusted"]
 
 
 def _folder(root: Path, images: np.ndarray) -> Path:

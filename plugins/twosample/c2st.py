@@ -104,13 +104,19 @@ class RefitDraws(Draws):
 
 
 class C2ST(Comparator):
-    """Classifier two-sample test: out-of-fold logistic regression, score = AUC − 0.5."""
+    """Classifier two-sample test: out-of-fold logistic regression, score = AUC − 0.5.
+
+    Defaults (32 principal components, C = 0.1) were chosen by power on a shift a linear model finds
+    hard — Fashion-MNIST with one class's share doubled, efficientnet-lite0 features (1280-D), 1,000 vs
+    1,100 images: (AUC − 0.5) / null s.d. = 1.57 with 64 components and C = 1, 2.67 with 32 and C = 0.1,
+    against 3.3 for a classifier that knows each image's class. More dimensions let the classifier fit
+    noise that the null fits as well; the issue's n is a few thousand images."""
 
     name: ClassVar[str] = "c2st"
     version: ClassVar[str] = "1"
     larger_is_more_different: ClassVar[bool] = True
 
-    def __init__(self, *, folds: int = 5, c: float = 1.0, components: int | None = 64, layer: str = "pooled"):
+    def __init__(self, *, folds: int = 5, c: float = 0.1, components: int | None = 32, layer: str = "pooled"):
         self.folds = folds
         self.c = c
         self.components = components

@@ -186,7 +186,7 @@ def test_c2st_is_sklearn_out_of_fold_auc_and_refits_per_draw():
     got = C.C2ST().compare(a, b, seed=3)
     x = C.standardised(np.concatenate([xa, xb]).astype(np.float64))
     y = np.r_[np.zeros(60), np.ones(40)]
-    p = cross_val_predict(LogisticRegression(solver=C.SOLVER), x, y, method="predict_proba",
+    p = cross_val_predict(LogisticRegression(C=C.C2ST().c, solver=C.SOLVER), x, y, method="predict_proba",
                           cv=StratifiedKFold(5, shuffle=True, random_state=3))[:, 1]
     assert got.score == pytest.approx(roc_auc_score(y, p) - 0.5, abs=1e-9)
     assert np.allclose(got.detail["p_b"], p, atol=1e-9)
