@@ -6,13 +6,15 @@
   ``bench compare`` does; the atlas's most significant region and its majority class; the share of
   A's removed-class images ``prdc`` flags as uncovered; the share of the removed class among
   ``c2st``'s 50 most A-like images.
-* ``null``: ``BENCH_WD_SEEDS`` (20) seeds of two disjoint random halves of the same classes (100 per
-  class per side): how many seeds have an adjusted p < 0.05, how many an atlas region at FDR 0.05.
+* ``null``: ``BENCH_WD_SEEDS`` (20) seeds of two disjoint random halves of the same classes
+  (``BENCH_WD_NULL_PER_CLASS`` = 50 per class per side, from a cached pool of 200 per class): how
+  many seeds have an adjusted p < 0.05, how many an atlas region at FDR 0.05.
 * ``plan``: ``--plan``'s recommended n per side on the removed case, then the share of 20 fresh
   subsamples of that size with p < 0.05 (target ≥ 70 %).
 
-Features come from the feature store (the whole test set is extracted once and cached); each design
-is a pair of subsets of that one view, so nothing is extracted twice. p-values come from the same
+Features come from the feature store: A ∪ B is built as ``bench compare`` builds it (two named
+subsets of the test set, concatenated), so a second run, or an earlier ``bench compare`` of the same
+design, reads them back. p-values come from the same
 calls ``bench compare`` makes (``state_context``, ``block_size``, ``draws``, ``permutation_null``,
 the comparator's own exact p where it has one, ``holm``). Results are appended as JSON lines to
 ``BENCH_RESULTS`` (default /tmp/bench_issue27_results.jsonl); numbers in benchmarks/RESULTS_issue27.md.
@@ -31,8 +33,13 @@ import pytest
 from bench import statistics as S
 
 PERMS = int(os.environ.get("BENCH_WD_PERMS", "999"))
+#: fd at 1280-D: each draw sums 1280² states and takes two eigendecompositions (~1 s here), so fewer
+FD_PERMS = int(os.environ.get("BENCH_WD_FD_PERMS", "199"))
 NULL_PERMS = int(os.environ.get("BENCH_WD_NULL_PERMS", "199"))
 SEEDS = int(os.environ.get("BENCH_WD_SEEDS", "20"))
+#: images per class per side in the null seeds: 50 keeps A ∪ B (1,000) within FD's Gram path at
+#: 1280-D (an n_A × n_B SVD per draw instead of 1280² eigendecompositions: ~10× less here)
+NULL_PER_CLASS = int(os.environ.get("BENCH_WD_NULL_PER_CLASS", "50"))
 METHODS = os.environ.get("BENCH_WD_METHODS", "kid,prdc,c2st,fd").split(",") + ["atlas"]
 RESULTS = os.environ.get("BENCH_RESULTS", "/tmp/bench_issue27_results.jsonl")
 REMOVED, DOUBLED = 8, 7      # Bag, Sneaker
@@ -52,18 +59,35 @@ def _registries():
 
 
 @functools.lru_cache(maxsize=1)
-def test_set():
-    """The 10,000 Fashion-MNIST test images with efficientnet-lite0 features (extracted once, cached)."""
-    from bench.api import DataView
-    from bench.datasets import get_spec
+def _extractor():
     from bench.extractors.base import ExtractorConfig, create_extractor
+
+    return create_extractor(_registries().extractors.get("efficientnet-lite0"), weights=None, device="cpu",
+                            config=ExtractorConfig())
+
+
+def view_of(source):
+    """A view whose features the feature store caches (a second run reads them back)."""
+    from bench.api import DataView
     from bench.features import FeatureStore, default_cache_dir
 
-    regs = _registries()
-    extractor = create_extractor(regs.extractors.get("efficientnet-lite0"), weights=None, device="cpu",
-                                 config=ExtractorConfig())
-    view = DataView(get_spec(regs.datasets, "fashion-mnist-test").load(seed=0), extractor,
-                    FeatureStore(default_cache_dir()), batch_size=64)
+    return DataView(source, _extractor(), FeatureStore(default_cache_dir()), batch_size=64)
+
+
+@functools.lru_cache(maxsize=1)
+def test_set():
+    from bench.datasets import get_spec
+
+    return get_spec(_registries().datasets, "fashion-mnist-test").load(seed=0)
+
+
+@functools.lru_cache(maxsize=1)
+def null_pool():
+    """200 test images per class (``bench.datasets.limit``'s stratified choice, seed 0: the pool the
+    calibration benchmark uses, so its features are cached once for both)."""
+    from bench.datasets import limit
+
+    view = view_of(limit(test_set(), 2000, seed=0))
     view.features()
     return view
 
@@ -80,10 +104,15 @@ def design(case: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(a), np.sort(np.concatenate(b))
 
 
-def compare(a_idx: np.ndarray, b_idx: np.ndarray, perms: int, seed: int = 0, alpha: float = 0.05) -> dict:
+def union_of(a_idx: np.ndarray, b_idx: np.ndarray):
+    """A ∪ B as ``bench compare`` builds it from two subsets of the test set (same cache entry)."""
+    from bench.datasets import concat
+
+    return view_of(concat(test_set().subset(a_idx, name="A"), test_set().subset(b_idx, name="B")))
+
+
+def compare(union, n_a: int, perms: int, seed: int = 0) -> dict:
     """Every comparator's score, p and Holm-adjusted p, as ``bench compare`` computes them."""
-    union = test_set().subset(np.r_[a_idx, b_idx])
-    n_a = len(a_idx)
     a, b = union.subset(np.arange(n_a)), union.subset(np.arange(n_a, len(union)))
     out = {}
     for name in METHODS:
@@ -96,7 +125,7 @@ def compare(a_idx: np.ndarray, b_idx: np.ndarray, perms: int, seed: int = 0, alp
             context = c.state_context(a, b, seed=seed)
             size = S.block_size(len(a), len(b), c.state_bytes(a, context))
             draws = c.draws(a, b, S.make_blocks(len(a), len(b), size, seed), seed=seed)
-            null = S.permutation_null(draws, perms, seed)
+            null = S.permutation_null(draws, min(perms, FD_PERMS) if name == "fd" else perms, seed)
             p = S.p_value(draws.observed(), null, 1.0 if c.larger_is_more_different else -1.0)
         out[name] = {"score": float(result.score), "p": p, "seconds": time.perf_counter() - t0, "result": result}
     for name, q in zip(out, S.holm(np.asarray([v["p"] for v in out.values()]))):
@@ -115,8 +144,8 @@ def test_the_moved_class_is_found(benchmark, case):
     a_idx, b_idx = design(case)
     labels = test_set().labels
     moved = REMOVED if case == "removed" else DOUBLED
-    names = test_set().source.class_names
-    out = benchmark.pedantic(lambda: compare(a_idx, b_idx, PERMS), rounds=1, iterations=1)
+    names = test_set().class_names
+    out = benchmark.pedantic(lambda: compare(union_of(a_idx, b_idx), len(a_idx), PERMS), rounds=1, iterations=1)
     regions = out["atlas"]["result"].detail["regions"]
     top = {k: regions[0].get(k) for k in ("region", "cells", "n_a", "n_b", "p_adjusted", "majority_class",
                                           "class_share")}
@@ -142,9 +171,13 @@ def test_the_moved_class_is_found(benchmark, case):
 def test_no_difference_is_not_called_a_difference(benchmark):
     def run():
         rows = []
+        pool = null_pool()
         for seed in range(SEEDS):
-            a_idx, b_idx = design("null", seed=seed + 1)
-            out = compare(a_idx, b_idx, NULL_PERMS, seed=seed)
+            rng = np.random.default_rng([27, seed])
+            per = [rng.permutation(np.flatnonzero(pool.labels == c))[:2 * NULL_PER_CLASS] for c in range(10)]
+            a_idx = np.sort(np.concatenate([p[:NULL_PER_CLASS] for p in per]))
+            b_idx = np.sort(np.concatenate([p[NULL_PER_CLASS:] for p in per]))
+            out = compare(pool.subset(np.r_[a_idx, b_idx]), len(a_idx), NULL_PERMS, seed=seed)
             regions = out["atlas"]["result"].detail["regions"]
             rows.append({"seed": seed, "min_p_adjusted": min(v["p_adjusted"] for v in out.values()),
                          "atlas_significant": sum(r["p_adjusted"] < 0.05 for r in regions),
@@ -163,33 +196,29 @@ def test_no_difference_is_not_called_a_difference(benchmark):
 @pytest.mark.benchmark(group="what-differs")
 @pytest.mark.parametrize("name", ["fd", "kid"])   # c2st refits per draw: 8,000 refits per plan
 def test_plan_reaches_its_power(benchmark, name):
-    """--plan's n on the removed case, then 20 fresh subsamples of that size (seeded, disjoint from
-    nothing: drawn from the whole test set without the removed class for B)."""
+    """--plan's n on the removed case, then 20 fresh subsamples of that size per side, drawn from
+    that case's A and B (the images whose features are cached), each with its own 99-draw null."""
     a_idx, b_idx = design("removed")
-    union = test_set().subset(np.r_[a_idx, b_idx])
-    n_a = len(a_idx)
+    union = union_of(a_idx, b_idx)
+    n_a, n_b = len(a_idx), len(b_idx)
     c = _registries().comparators.get(name)()
 
+    def prepared(ia, ib, seed):
+        sub = union.subset(np.r_[ia, n_a + ib])
+        sa, sb = sub.subset(np.arange(len(ia))), sub.subset(np.arange(len(ia), len(sub)))
+        size = S.block_size(len(ia), len(ib), c.state_bytes(sa, c.state_context(sa, sb, seed=seed)))
+        return c.draws(sa, sb, S.make_blocks(len(ia), len(ib), size, seed), seed=seed)
+
     def run():
-        a, b = union.subset(np.arange(n_a)), union.subset(np.arange(n_a, len(union)))
-        context = c.state_context(a, b, seed=0)
-        draws = c.draws(a, b, S.make_blocks(n_a, len(b), S.block_size(n_a, len(b), c.state_bytes(a, context)), 0))
-        plan = S.power_plan(draws, 1.0, alpha=0.05, seed=0)
+        plan = S.power_plan(prepared(np.arange(n_a), np.arange(n_b), 0), 1.0, alpha=0.05, seed=0)
         if plan.n_a is None:
             return plan, None
-        labels = test_set().labels
-        pool_a = np.flatnonzero(np.ones(len(labels), bool))
-        pool_b = np.flatnonzero(labels != REMOVED)
         rng = np.random.default_rng(27)
         hits = 0
         for k in range(20):
-            ia = rng.choice(pool_a, size=plan.n_a, replace=False)
-            ib = rng.choice(np.setdiff1d(pool_b, ia), size=plan.n_b, replace=False)
-            sub = test_set().subset(np.r_[np.sort(ia), np.sort(ib)])
-            sa, sb = sub.subset(np.arange(len(ia))), sub.subset(np.arange(len(ia), len(sub)))
-            ctx = c.state_context(sa, sb, seed=k)
-            d = c.draws(sa, sb, S.make_blocks(len(ia), len(ib), S.block_size(len(ia), len(ib),
-                                                                              c.state_bytes(sa, ctx)), k), seed=k)
+            ia = np.sort(rng.choice(n_a, size=min(plan.n_a, n_a), replace=False))
+            ib = np.sort(rng.choice(n_b, size=min(plan.n_b, n_b), replace=False))
+            d = prepared(ia, ib, k)
             hits += S.p_value(d.observed(), S.permutation_null(d, 99, k), 1.0) < 0.05
         return plan, hits
 
