@@ -68,6 +68,8 @@ class Finding:
     images: labelled rows of images, ``(label, side, indices)`` with ``side`` "a" or "b" and
             indices positions in that view, e.g. a prototype's top images or a duplicate pair.
     figures: named (H, W, 3) uint8 pictures the method drew itself (e.g. attention maps).
+    points: images of A ∪ B placed in 2-D (:class:`PointMap`), which the report draws as an
+            interactive map (hover: thumbnail); None for none.
     """
 
     title: str
@@ -75,6 +77,34 @@ class Finding:
     rows: list[dict[str, Any]] = field(default_factory=list)
     images: list[tuple[str, str, list[int]]] = field(default_factory=list)
     figures: dict[str, np.ndarray] = field(default_factory=dict)
+    points: PointMap | None = None
+
+
+@dataclass
+class PointMap:
+    """Images of A ∪ B placed in 2-D, for a map the report draws without knowing the method: points
+    coloured by side, outlined regions, lines between linked points, each point's thumbnail on hover.
+
+    Saved as the record's artefacts (arrays in the npz, the rest in the JSON), never in the record
+    itself, so a record stays small whatever the number of points.
+
+    xy:       (m, 2) float positions (any units; the report scales them).
+    side:     (m,) 0 = A, 1 = B.
+    index:    (m,) each point's position in its side's view (where the report reads its thumbnail).
+    group:    (m,) a cluster / region id per point, -1 for none; shown on hover.
+    outlines: regions to outline, dicts with ``polygon`` ([[x, y], …] in xy's units), ``label`` and
+              ``members`` (the group ids it covers).
+    links:    (p, 2) rows of ``xy`` joined by a line (e.g. near-duplicates across the sides).
+    note:     how the map was made (embedding, sampling, the links' rule), printed with it.
+    """
+
+    xy: np.ndarray
+    side: np.ndarray
+    index: np.ndarray
+    group: np.ndarray
+    outlines: list[dict[str, Any]] = field(default_factory=list)
+    links: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
+    note: str = ""
 
 
 @dataclass

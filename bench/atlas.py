@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench.api import Comparator, Comparison, DataView, Finding, comparison_key
+from bench.atlas_map import embedding_name, point_map
 from bench.baselines import faiss_kmeans
 from bench.errors import BenchError, DataError
 from bench.hookspecs import hookimpl
@@ -164,9 +165,11 @@ class DifferenceAtlas(Comparator):
         findings = [Finding(f"regions of A ∪ B that one side fills more ({k} k-means cells and the {len(rows) - k} "
                             f"unions of their tree; Fisher exact, BH at FDR {self.fdr:g}: {len(significant)} "
                             f"significant)", rows=table, images=images)]
-        findings.append(Finding("map of A ∪ B", figures={"map": draw_map(x, side, codes, significant, seed)},
-                                rows=[{"embedding": embedding_name(), "points": len(x),
-                                       "outlined": ", ".join(f"region {r['region']}" for r in significant[:8])}]))
+        points = point_map(x, side, codes, significant, seed)
+        findings.append(Finding("map of A ∪ B", points=points, rows=[
+            {"embedding": embedding_name(), "images": len(x), "drawn": len(points.xy),
+             "duplicate links": len(points.links),
+             "outlined": ", ".join(f"region {o['region']}" for o in points.outlines)}]))
         stats = {"k": float(k), "significant_regions": float(len(significant)),
                  "min_region_q": float(rows[0]["p_adjusted"]) if rows else 1.0}
         # Simes' global test over the regions (valid under positive dependence): the smallest BH q
@@ -179,62 +182,6 @@ def _region_name(row: dict[str, Any]) -> str:
     cells = row.get("cells", [row["region"]])
     where = f"region {row['region']}" + (f" (cells {', '.join(map(str, cells))})" if len(cells) > 1 else "")
     return where + (f" ({row['majority_class']})" if "majority_class" in row else "")
-
-
-def embedding_name() -> str:
-    import importlib.util
-
-    return "UMAP" if importlib.util.find_spec("umap") is not None else "PCA"
-
-
-def embed_2d(x: np.ndarray, seed: int) -> np.ndarray:
-    """A 2-D embedding of the features: UMAP when it is installed, PCA otherwise (named on the page)."""
-    if embedding_name() == "UMAP":
-        import umap
-
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(x)
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=2, random_state=seed).fit_transform(x)
-
-
-def draw_map(x: np.ndarray, side: np.ndarray, codes: np.ndarray, significant: list[dict], seed: int) -> np.ndarray:
-    """A ∪ B in 2-D coloured by side, the significant regions outlined (convex hull) and labelled."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-    from scipy.spatial import ConvexHull, QhullError
-
-    xy = embed_2d(x, seed)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=100)
-    for s, colour, label in ((0, "#1f77b4", "A"), (1, "#d62728", "B")):
-        pts = xy[side == s]
-        ax.scatter(pts[:, 0], pts[:, 1], s=6, c=colour, alpha=0.5, label=f"{label} ({len(pts)})", linewidths=0)
-    for r in significant[:8]:
-        pts = xy[np.isin(codes, r.get("cells", [r["region"]]))]
-        name = _region_name(r)
-        if len(pts) >= 3:
-            try:
-                hull = pts[ConvexHull(pts).vertices]
-                ax.fill(hull[:, 0], hull[:, 1], fill=False, ec="black", lw=1.2)
-            except QhullError:
-                pass
-        cx, cy = pts.mean(0)
-        ax.annotate(f"{name} (more in {r['more_in']}, q={r['p_adjusted']:.1g})", (cx, cy), fontsize=7,
-                    ha="center", bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
-    ax.set_title(f"A ∪ B ({embedding_name()}), significant regions outlined")
-    ax.legend(loc="best", fontsize=8, markerscale=3)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 @hookimpl

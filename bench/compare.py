@@ -440,7 +440,10 @@ class CompareRun:
 
 
 def _findings_artefacts(result: Comparison) -> dict[str, Any]:
-    """Findings → JSON (titles, rows, image rows) and arrays (figures) for the run store."""
+    """Findings → JSON (titles, rows, image rows, a map's outlines) and arrays (figures, a map's points)
+    for the run store; the record itself keeps no point coordinates."""
+    from bench.atlas_map import to_artefacts
+
     out: dict[str, Any] = {"findings": [
         {"title": f.title, "side": f.side, "rows": jsonable(f.rows), "figures": sorted(f.figures),
          "images": [[label, side, [int(i) for i in idx]] for label, side, idx in f.images]}
@@ -448,4 +451,8 @@ def _findings_artefacts(result: Comparison) -> dict[str, Any]:
     for k, f in enumerate(result.findings):
         for name, fig in f.figures.items():
             out[f"finding{k}_{name}"] = np.asarray(fig, dtype=np.uint8)
+        if f.points is not None:
+            arrays, meta = to_artefacts(f.points, f"finding{k}_points")
+            out.update(arrays)
+            out["findings"][k]["points"] = jsonable(meta)
     return out

@@ -251,9 +251,36 @@ def comparison_section(run: RunData) -> ReportSection | None:
                     key = f"finding{k}_{name}"
                     if key in art:
                         parts.append(img_html(np.asarray(art[key], dtype=np.uint8), f"{finding.get('title')}: {name}"))
+                if isinstance(finding.get("points"), dict):
+                    parts.append(_point_map(sec, run, r, art, k, finding))
             per_class = r.tables.get("per_class")
             if per_class:
                 parts.append("<details><summary>per class</summary>" + table_html(per_class, max_rows=200)
                              + "</details>")
     sec.html = "\n".join(parts)
     return sec
+
+
+def _point_map(sec: ReportSection, run: RunData, rec: R.Record, art: dict[str, Any], k: int,
+               finding: dict[str, Any]) -> str:
+    """A finding's map of A ∪ B as inline SVG, each point's thumbnail on hover read from its side's images
+    (none, and one note, for a side whose images are not available here)."""
+    from bench.atlas_map import from_artefacts, map_html, thumbnail_uri
+
+    try:
+        points = from_artefacts(art, f"finding{k}_points", finding["points"])
+    except (ValueError, TypeError, KeyError) as exc:
+        sec.note(f"{rec.method.name}: the map is not drawn: {exc}")
+        return ""
+    sources = {}
+    for s, side in enumerate("ab"):
+        sources[s] = run.source(rec, side) if (points.side == s).any() else None
+        if sources[s] is None and (points.side == s).any():
+            sec.note(f"{rec.method.name}: the map shows no thumbnails of {side.upper()} on hover: "
+                     f"{run.source_note(rec, side) or 'its images are not available'}")
+
+    def thumbnail(s: int, i: int) -> str | None:
+        src = sources.get(s)
+        return thumbnail_uri(src.image(i)) if src is not None and 0 <= i < src.n else None
+
+    return map_html(points, thumbnail, f"{finding.get('title', '')}:")

@@ -4,6 +4,7 @@ produce and for missing / broken artefacts, the hook for third-party sections, b
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import html
 import json
@@ -11,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -87,6 +90,73 @@ def browser_check(chromium: str, report: Path, tmp_path: Path) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
+class DevTools:
+    """Headless Chromium driven over ``--remote-debugging-pipe`` (fd 3 in, fd 4 out, NUL-separated
+    JSON): real mouse input, so CSS ``:hover`` applies, which a dispatched DOM event does not do."""
+
+    def __init__(self, chromium: str, profile: Path):
+        def high(fd: int) -> int:   # above 4, so that moving one end to 3 or 4 cannot overwrite the other
+            moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+            os.close(fd)
+            return moved
+
+        self._in_r, self._in_w, self._out_r, self._out_w = (high(fd) for fd in (*os.pipe(), *os.pipe()))
+
+        # a small Python trampoline puts the pipe ends at fds 3 and 4, where chromium expects them
+        move = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                "os.execv(sys.argv[3], sys.argv[3:])")
+        self.proc = subprocess.Popen([sys.executable, "-c", move, str(self._in_r), str(self._out_w), chromium,
+                                      *CHROMIUM_FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile}",
+                                      "about:blank"], pass_fds=(self._in_r, self._out_w),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(self._in_r)
+        os.close(self._out_w)
+        self._buf, self._id, self.session = b"", 0, None
+        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self.session = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)["sessionId"]
+        self.send("Emulation.setDeviceMetricsOverride", width=1100, height=900, deviceScaleFactor=1, mobile=False)
+
+    def send(self, method: str, **params) -> dict:
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params}
+        if self.session:
+            msg["sessionId"] = self.session
+        os.write(self._in_w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            while b"\0" not in self._buf:
+                chunk = os.read(self._out_r, 1 << 16)
+                assert chunk, "chromium closed its debugging pipe"
+                self._buf += chunk
+            line, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(line)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply["error"]
+                return reply["result"]
+        raise AssertionError(f"no reply from chromium to {method}")
+
+    def eval(self, expression: str):
+        return self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=True)["result"].get("value")
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        while self.eval("document.readyState") != "complete":
+            assert time.monotonic() < deadline, f"{url} did not load"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send("Browser.close")
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._in_w)
+        os.close(self._out_r)
+
+
 def _section_ids(text: str) -> list[str]:
     return re.findall(r'<section id="([^"]+)" class="report-section"', text)
 
@@ -98,7 +168,7 @@ def _section_html(text: str, key: str) -> str:
 
 
 def _assert_self_contained(text: str) -> None:
-    assert not re.search(r'(src|href)="(?!data:image/png;base64,|#)', text), "a resource outside the page"
+    assert not re.search(r'(src|href)="(?!data:image/(png|jpeg);base64,|#)', text), "a resource outside the page"
     assert "<script" not in text and "<link" not in text and "@import" not in text
 
 
@@ -362,18 +432,22 @@ def test_compare_report_renders_what_differs_in_chromium(chromium, tmp_path):
     assert seen["images"] == text.count("<img ") >= 4 and seen["broken"] == []
 
 
-def test_compare_report_shows_the_atlas_regions_and_map_in_chromium(tmp_path, chromium):
-    """bench compare's page draws the atlas: its regions table (majority class, q) and the map image,
-    which loads in a real browser."""
+def test_compare_report_shows_the_atlas_regions_and_map_in_chromium(tmp_path, chromium, regs):
+    """bench compare's page draws the atlas: its regions table and the interactive map (inline SVG, no
+    script): every point, the significant regions outlined and labelled, the cross-set duplicates
+    linked, and a real mouse hover in Chromium shows the point's thumbnail; without A's images the map
+    is still drawn, without A's thumbnails, and one note says why."""
     from PIL import Image
 
-    from bench.testing import make_tiny_source
-
-    src = make_tiny_source(200, n_classes=4, size=16)
-    for name, rows in (("a", np.arange(98)), ("b", np.flatnonzero((np.arange(200) >= 98) & (src.labels != 1))[:80])):
+    src = _digits(regs, 700)
+    a_rows = np.arange(300)
+    b_rows = np.arange(300, 600)
+    b_rows = b_rows[src.labels[b_rows] != 3]
+    for name, rows in (("a", a_rows), ("b", np.r_[b_rows, a_rows[:3]])):   # B: no 3s, and 3 copies of A's
         (tmp_path / name).mkdir()
-        for i in rows:
-            Image.fromarray(src.array[i]).save(tmp_path / name / f"{i:03d}.png")
+        for k, i in enumerate(rows):
+            Image.fromarray(np.asarray(src.image(int(i)), np.uint8)).save(tmp_path / name / f"{k:03d}.png")
+    n = len(a_rows) + len(b_rows) + 3
     out = tmp_path / "out"
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--methods", "atlas", "--extractor", "pixels",
                  "--no-cache", "--no-progress", "--permutations", "49", "--bootstrap", "0", "--workers", "0",
@@ -382,6 +456,48 @@ def test_compare_report_shows_the_atlas_regions_and_map_in_chromium(tmp_path, ch
     text = report.read_text(encoding="utf-8")
     _assert_self_contained(text)
     assert "regions of A ∪ B that one side fills more" in text and "map of A ∪ B" in text
-    assert re.search(r"<td>PCA</td>|<td>UMAP</td>", text)
+    assert re.search(r"<td>PCA</td>|<td>UMAP</td>", text) and re.search(r"(PCA|UMAP) of all \d+ images", text)
+    svg = re.search(r'<figure class="pointmap">.*?</figure>', text, re.S).group(0)
+    assert svg.count('<g class="pt ') == n and svg.count("<image ") == n       # every point, each with a thumbnail
+    assert len(svg.encode()) <= 2500 * n                                        # the size budget: ≤ 2.5 kB a point
+    assert svg.count('<polygon class="ol"') >= 1 and re.search(r'<text class="olt"[^>]*>region \d+, more in A', svg)
+    assert svg.count('class="ln"') >= 1 + 3 and "near-duplicate of A #" in svg   # legend line + the 3 copies
     seen = browser_check(chromium, report, tmp_path)
     assert seen["broken"] == [] and seen["images"] == text.count("<img ") >= 2
+
+    browser = DevTools(chromium, tmp_path / "devtools")
+    try:
+        browser.open(report.as_uri())
+        areas = browser.eval("Array.from(document.querySelectorAll('svg.pmap polygon.ol'))"
+                             ".map(function (p) { var b = p.getBBox(); return b.width * b.height; })")
+        assert areas and min(areas) > 0                                         # the outlines are drawn
+        at = browser.eval("""(function () {
+            var pt = Array.from(document.querySelectorAll('svg.pmap g.pt')).filter(function (g) {
+                return g.querySelector('title').textContent.indexOf('near-duplicate') >= 0; })[0];
+            pt.scrollIntoView({block: 'center'});
+            var b = pt.querySelector('circle').getBoundingClientRect();
+            return [b.x + b.width / 2, b.y + b.height / 2,
+                    getComputedStyle(pt.querySelector('.tip')).display]; })()""")
+        assert at[2] == "none"                                                  # no panel before the hover
+        browser.send("Input.dispatchMouseEvent", type="mouseMoved", x=at[0], y=at[1])
+        hovered = browser.eval("""(async function (x, y) {
+            var pt = document.elementFromPoint(x, y).closest('g.pt'), tip = pt.querySelector('.tip');
+            var image = tip.querySelector('image'), box = image.getBBox(), img = new Image();
+            img.src = image.getAttribute('href');
+            await img.decode();
+            var shown = Array.from(document.querySelectorAll('svg.pmap .tip')).filter(function (t) {
+                return getComputedStyle(t).display !== 'none'; }).length;
+            return {display: getComputedStyle(tip).display, shown: shown, width: box.width,
+                    thumb: img.naturalWidth, text: tip.textContent}; })""" + f"({at[0]}, {at[1]})")
+    finally:
+        browser.close()
+    assert hovered["display"] == "inline" and hovered["shown"] == 1             # only the hovered point's panel
+    assert hovered["width"] > 0 and hovered["thumb"] == 48                      # its thumbnail, decoded
+    assert re.match(r"[AB] #\d+region \d+", hovered["text"]) and "near-duplicate of" in hovered["text"]
+
+    (tmp_path / "a").rename(tmp_path / "a-moved")                               # A's images gone: no thumbnails
+    assert main(["report", str(out), "-o", str(tmp_path / "again.html")]) == 0
+    again = (tmp_path / "again.html").read_text(encoding="utf-8")
+    svg = re.search(r'<figure class="pointmap">.*?</figure>', again, re.S).group(0)
+    assert svg.count('<g class="pt ') == n and svg.count("<image ") == len(b_rows) + 3
+    assert again.count("the map shows no thumbnails of A on hover") == 1
