@@ -69,7 +69,7 @@ def test_same_distribution_gives_few_links():
 
 def _regions():
     return [{"region": 1, "more_in": "A", "p_adjusted": 0.001, "majority_class": "cat"},
-            {"region": 2, "more_in": "B", "p_adjusted": 0.02, "members": [2, 3]}]
+            {"region": 2, "more_in": "B", "p_adjusted": 0.02, "cells": [2, 3]}]
 
 
 def test_point_map_caps_the_points_keeps_the_linked_and_maps_indices(monkeypatch):
