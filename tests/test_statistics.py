@@ -29,7 +29,8 @@ def test_blocks_keep_sizes_and_cover_every_image():
     b = S.make_blocks(23, 17, 4, seed=1)
     assert b.n_a == 23 and b.n_b == 17
     assert np.array_equal(np.bincount(b.of), b.size)
-    assert set(b.size.tolist()) <= {4, 5}
+    assert sorted(b.size[b.side == 0].tolist()) == [3, 4, 4, 4, 4, 4]     # 23 = 5 × 4 + 3
+    assert sorted(b.size[b.side == 1].tolist()) == [1, 4, 4, 4, 4]        # 17 = 4 × 4 + 1
     rng = np.random.default_rng(0)
     for _ in range(20):
         wa, wb = S.permutation_weights(b, rng)
@@ -122,3 +123,19 @@ def test_draw_counts_are_bounded():
         S.check_draws(0, "--permutations", minimum=1)
     with pytest.raises(BenchError, match="100,000"):
         S.check_draws(10**9, "--permutations", minimum=1)
+
+
+@pytest.mark.parametrize("n_a,n_b,per_image", [(1000, 1100, 13_000_000), (23, 17, 40_000_000), (500, 3, 10**9),
+                                               (9, 9, 10**9)])
+def test_every_permutation_moves_blocks_when_states_need_multi_image_blocks(n_a, n_b, per_image):
+    """Blocks are exactly ``size`` on both sides (a smaller remainder block per side), so blocks of one
+    size sit on both sides and a permutation exchanges them: with 1,000 vs 1,100 FD states at 1280-D
+    the old per-side sizes (111–112 vs 110) left nothing to exchange and p was 1 whatever the data."""
+    size = S.block_size(n_a, n_b, per_image)
+    b = S.make_blocks(n_a, n_b, size, seed=0)
+    assert b.exchangeable() and size <= min(n_a, n_b)
+    assert ((b.size == size) & (b.side == 0)).any() and ((b.size == size) & (b.side == 1)).any()
+    assert b.size[b.side == 0].sum() == n_a and b.size[b.side == 1].sum() == n_b
+    rng = np.random.default_rng(0)
+    moved = [not np.array_equal(S.permutation_weights(b, rng)[0], (b.side == 0).astype(float)) for _ in range(20)]
+    assert sum(moved) >= 5   # two blocks in all (9 vs 9): half the draws swap them
