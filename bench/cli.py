@@ -436,13 +436,33 @@ def _print_plan(recs, alpha: float) -> None:
 
 
 def cmd_summarise(args) -> int:
+    """Under torchrun every rank runs it (sharded extraction, block states by rank); rank 0 writes."""
+    from bench import distributed
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:
+        console.quiet = True   # rank 0 speaks; the others only their own errors
+    failed = False
+    try:
+        return _summarise(args)
+    except distributed.SharedError:
+        if main_rank:
+            raise   # rank 0 prints the line and exits 2 first
+        failed = True   # quiet: wait for rank 0 to leave, so torchrun does not stop it before it speaks
+        return 2
+    finally:
+        distributed.shutdown(failed=failed)
+
+
+def _summarise(args) -> int:
     from bench.compare import CompareRun
 
     run = CompareRun(_compare_config(args, save=args.save), regs=_regs(args),
                      echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
     path = run.summarise()
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {', '.join(run.methods)} statistics of "
-                  f"{run.a.name} (n={run.a.n}); compare with: bench compare {path} OTHER")
+    if path is not None:   # None: a torchrun rank other than 0
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {', '.join(run.methods)} statistics of "
+                      f"{run.a.name} (n={run.a.n}); compare with: bench compare {path} OTHER")
     return 0
 
 
