@@ -249,6 +249,8 @@ def place_rank_states(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], cou
     out = {k: np.empty((count, *v.shape[1:]), dtype=v.dtype) for k, v in template.items()}
     filled = np.zeros(count, dtype=np.int64)
     for ids, states in parts:
+        if len(ids) and (np.min(ids) < 0 or np.max(ids) >= count):
+            raise BenchError(f"{who}: a rank sent blocks outside the {count} blocks of this summary")
         if len(ids):
             for k in out:
                 out[k][ids] = states[k]
