@@ -399,10 +399,12 @@ class Comparator(_Method):
     # A comparator whose score is a function of statistics that merge by addition implements
     # ``block_states`` (update: the statistics of each block of a view), ``finalize`` (the score
     # from A's and B's summed statistics) and, when binning or the like must be fixed first,
-    # ``state_context``; the harness merges (adds) block statistics across draws, torchrun ranks and
-    # saved summaries. A comparator on a graph of A ∪ B (nearest neighbours, clusters) overrides
-    # ``draws`` instead and scores a relabelling of its nodes. ``bench check`` verifies that the
-    # state path gives the direct score.
+    # ``state_context``; the harness merges (adds) block statistics across draws and saved
+    # summaries; under torchrun each rank computes whole blocks, so a block's statistics must
+    # depend on its own images only (then a summary equals one process's bit for bit). A
+    # comparator on a graph of A ∪ B (nearest neighbours, clusters) overrides ``draws`` instead and
+    # scores a relabelling of its nodes. ``bench check`` verifies that the state path gives the
+    # direct score.
 
     def state_context(self, a: DataView, b: DataView | None, *, seed: int = 0) -> dict[str, Any]:
         """What must be fixed before any statistic is accumulated (DNA's ranges), from A (and B when

@@ -132,3 +132,17 @@ def test_rank_states_are_placed_and_checked():
     wider = S.rank_state_info({"sum": np.zeros((3, 4)), "count": np.zeros(3)}, **base)
     with pytest.raises(BenchError, match=r"\(arrays:"):
         S.check_rank_states([infos[0], wider], "dna")
+
+
+@needs_gloo
+def test_summarise_under_torchrun_bad_input_is_one_line_from_rank_0(tmp_path):
+    """Rank 0 alone meets the problem (its comparator's own statistics): every rank stops, the line
+    is printed once, no rank waits at a collective, and rank 0's status is 2 (torchrun's own is 1)."""
+    run = _torchrun(["-m", "bench", "summarise", "digits", "--save", "x.bench", "--cache-dir", "c", "--out", "r",
+                     *DATA, "--methods", "dna", "--set", "dna.ranges=union"], tmp_path, timeout=120)
+    text = run.stdout + run.stderr
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert errors == ["error: dna: ranges='union' needs B's images too; a saved summary needs ranges='reference' "
+                      "or a ranges file"], text[-3000:]
+    assert run.returncode == 1 and "exitcode: 2) local_rank: 0" in text, text[-3000:]
+    assert not (tmp_path / "x.bench").exists()
