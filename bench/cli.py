@@ -380,12 +380,29 @@ def _compare_config(args, **extra):
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import EXIT_DIFFERENT, CompareRun
-    from bench.report import build_report
+    """Under torchrun the ranks join the group and rank 0 alone compares (one table, one set of
+    records); the draws are not split across ranks."""
+    from bench import distributed
+    from bench.compare import CompareRun
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
                           bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report)
-    run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True
+    try:
+        run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+        if not distributed.context().is_main:
+            return 0
+        with distributed.solo():
+            return _compare(args, cfg, run)
+    finally:
+        distributed.shutdown()
+
+
+def _compare(args, cfg, run) -> int:
+    from bench.compare import EXIT_DIFFERENT
+    from bench.report import build_report
+
     console.print(f"bench {__version__} · compare [bold]{escape(run.a.name)}[/] (n={run.a.n}) with "
                   f"[bold]{escape(run.b.name)}[/] (n={run.b.n}) · extractor {cfg.extractor} · device {run.device} · "
                   f"methods {','.join(run.methods)}")
