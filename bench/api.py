@@ -429,10 +429,12 @@ class Comparator(_Method):
     # A comparator whose score is a function of statistics that merge by addition implements
     # ``block_states`` (update: the statistics of each block of a view), ``finalize`` (the score
     # from A's and B's summed statistics) and, when binning or the like must be fixed first,
-    # ``state_context``; the harness merges (adds) block statistics across draws, torchrun ranks and
-    # saved summaries. A comparator on a graph of A ∪ B (nearest neighbours, clusters) overrides
-    # ``draws`` instead and scores a relabelling of its nodes. ``bench check`` verifies that the
-    # state path gives the direct score.
+    # ``state_context``; the harness merges (adds) block statistics across draws and saved
+    # summaries; under torchrun each rank computes whole blocks, so a block's statistics must
+    # depend on its own images only (then a summary equals one process's bit for bit). A
+    # comparator on a graph of A ∪ B (nearest neighbours, clusters) overrides ``draws`` instead and
+    # scores a relabelling of its nodes. ``bench check`` verifies that the state path gives the
+    # direct score.
 
     def state_context(self, a: DataView, b: DataView | None, *, seed: int = 0) -> dict[str, Any]:
         """What must be fixed before any statistic is accumulated (DNA's ranges), from A (and B when
@@ -472,17 +474,66 @@ class Comparator(_Method):
         """A's block states for a ``.bench`` (``state.*``), the context they were accumulated under
         (``context.*``) and the block size a B must be split into: as many blocks as fit the
         summary's budget (:data:`bench.statistics.SUMMARY_BUDGET_BYTES`)."""
+        from bench import distributed
         from bench import statistics as S
 
-        context = self.state_context(a, None, seed=seed)
+        context = distributed.on_main(lambda: self.state_context(a, None, seed=seed), share=True)
         size = S.block_size(len(a), 0, self.state_bytes(a, context), S.SUMMARY_BUDGET_BYTES)
         blocks = S.make_blocks(len(a), 0, size, seed)
-        states = self.block_states(a, blocks.of, blocks.count, context=context, seed=seed)
+        states = self._states_across_ranks(a, blocks.of, blocks.count, context, seed)
+        if states is None:
+            return {}   # a torchrun rank other than 0: rank 0 holds the merged states
         out: dict[str, Any] = {f"state.{k}": np.asarray(v) for k, v in states.items()}
         out.update({f"context.{k}": v for k, v in context.items()})
         out["state.block_size"] = int(size)
         out["state.block_sizes"] = blocks.size
         return out
+
+    def _states_across_ranks(self, view: DataView, of: np.ndarray, count: int, context: dict[str, Any],
+                             seed: int) -> dict[str, np.ndarray] | None:
+        """``block_states`` of every block, computed by the torchrun ranks together (alone: by this one).
+
+        Each rank owns a contiguous range of blocks (with one image per block, the batch-aligned rows
+        of its extraction shard) and computes each whole, over its images in image order, as one
+        process would; rank 0
+        gathers the blocks and places them (no float is added across ranks), so the states equal one
+        process's bit for bit. Returns the states on rank 0, None on the others."""
+        from bench import __version__, distributed
+        from bench import statistics as S
+        from bench.runstore import jsonable
+
+        if not distributed.active():
+            return self.block_states(view, of, count, context=context, seed=seed)
+        ctx = distributed.context()
+        # one image per block (blocks in image order): the batch-aligned shards of the extraction
+        align = view.batch_size if count == len(view) else 1
+        mine = np.arange(*distributed.shard_range(count, ctx.rank, ctx.world_size, align=align))
+        rows = np.flatnonzero(np.isin(of, mine))
+        states: dict[str, np.ndarray] = {}
+        error = None
+        if len(mine):
+            # rank 0 reads its memo; the others stream only their rows (a memo's subset streams all)
+            own = view.subset(rows) if ctx.is_main else DataView(
+                view.source, view.extractor, view.store, device=view.device, batch_size=view.batch_size,
+                indices=view.indices[rows], artefact_dir=view.artefact_dir, experts=view.experts)
+            try:
+                states = {k: np.asarray(v) for k, v in self.block_states(
+                    own, np.searchsorted(mine, of[rows]), len(mine), context=context, seed=seed).items()}
+            except BenchError as exc:
+                error = str(exc)
+        info = S.rank_state_info(states, bench=__version__, method=f"{self.name} {self.version}",
+                                 params=jsonable(self.get_params()), extractor=jsonable(view.extractor.cache_key()),
+                                 context=_digest(context))
+        infos = distributed.all_gather_object({"error": error, **info})
+        errors = [i["error"] for i in infos if i["error"]]
+        try:
+            if errors:
+                raise BenchError(errors[0])
+            S.check_rank_states([{k: v for k, v in i.items() if k != "error"} for i in infos], self.name)
+        except BenchError as exc:   # every rank sees the same infos, so every rank stops here alike
+            raise distributed.SharedError(str(exc)) from None
+        parts = distributed.gather_object((mine, states))
+        return None if parts is None else S.place_rank_states(parts, count, self.name)
 
     def saved_draws(self, saved: dict[str, Any], b: DataView, *, seed: int = 0) -> Draws | None:
         """Draws over A's saved block states and B's (B in blocks of A's size); None for a file without
@@ -528,6 +579,25 @@ class Comparator(_Method):
     def supports_summary(cls) -> bool:
         """Whether the comparator can compare against a saved summary (both optional methods given)."""
         return cls.summarise is not Comparator.summarise and cls.compare_summary is not Comparator.compare_summary
+
+
+def _digest(context: dict[str, Any]) -> str:
+    """A state context's fingerprint (arrays by dtype, shape and bytes): ranks compare it, not the arrays."""
+    import hashlib
+    import json
+
+    from bench.runstore import jsonable
+
+    h = hashlib.sha256()
+    for k in sorted(context):
+        v = context[k]
+        h.update(k.encode())
+        if isinstance(v, np.ndarray):
+            h.update(f"{v.dtype.str}{v.shape}".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        else:
+            h.update(json.dumps(jsonable(v), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def comparison_key(method: _Method, a: DataView, b: DataView, seed: int) -> tuple:

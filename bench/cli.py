@@ -380,12 +380,29 @@ def _compare_config(args, **extra):
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import EXIT_DIFFERENT, CompareRun
-    from bench.report import build_report
+    """Under torchrun the ranks join the group and rank 0 alone compares (one table, one set of
+    records); the draws are not split across ranks."""
+    from bench import distributed
+    from bench.compare import CompareRun
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
                           bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report)
-    run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+    if os.environ.get("RANK", "0") != "0":
+        console.quiet = True
+    try:
+        run = CompareRun(cfg, regs=_regs(args), echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+        if not distributed.context().is_main:
+            return 0
+        with distributed.solo():
+            return _compare(args, cfg, run)
+    finally:
+        distributed.shutdown()
+
+
+def _compare(args, cfg, run) -> int:
+    from bench.compare import EXIT_DIFFERENT
+    from bench.report import build_report
+
     console.print(f"bench {__version__} · compare [bold]{escape(run.a.name)}[/] (n={run.a.n}) with "
                   f"[bold]{escape(run.b.name)}[/] (n={run.b.n}) · extractor {cfg.extractor} · device {run.device} · "
                   f"methods {','.join(run.methods)}")
@@ -436,13 +453,33 @@ def _print_plan(recs, alpha: float) -> None:
 
 
 def cmd_summarise(args) -> int:
+    """Under torchrun every rank runs it (sharded extraction, block states by rank); rank 0 writes."""
+    from bench import distributed
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if not main_rank:
+        console.quiet = True   # rank 0 speaks; the others only their own errors
+    failed = False
+    try:
+        return _summarise(args)
+    except distributed.SharedError:
+        if main_rank:
+            raise   # rank 0 prints the line and exits 2 first
+        failed = True   # quiet: wait for rank 0 to leave, so torchrun does not stop it before it speaks
+        return 2
+    finally:
+        distributed.shutdown(failed=failed)
+
+
+def _summarise(args) -> int:
     from bench.compare import CompareRun
 
     run = CompareRun(_compare_config(args, save=args.save), regs=_regs(args),
                      echo=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
     path = run.summarise()
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {', '.join(run.methods)} statistics of "
-                  f"{run.a.name} (n={run.a.n}); compare with: bench compare {path} OTHER")
+    if path is not None:   # None: a torchrun rank other than 0
+        console.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {', '.join(run.methods)} statistics of "
+                      f"{run.a.name} (n={run.a.n}); compare with: bench compare {path} OTHER")
     return 0
 
 

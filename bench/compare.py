@@ -223,21 +223,48 @@ class CompareRun:
         return {m: {"version": str(c.version), "params": split_params([c])[0]} for m, c in self.comparators.items()}
 
     # -- bench summarise -----------------------------------------------------------------------
-    def summarise(self) -> Path:
-        """Each comparator's statistics of A, and its block states when it has a state path → ``--save``."""
+    def summarise(self) -> Path | None:
+        """Each comparator's statistics of A, and its block states when it has a state path → ``--save``.
+
+        Under torchrun every rank calls this: the ranks extract A's features in shards, rank 0
+        computes each comparator's own statistics, each rank the block states of its blocks
+        (:meth:`Comparator.saved_states`), and rank 0 alone writes the file, equal to one
+        process's. Returns the path on rank 0, None on the others."""
+        from bench import distributed
+
+        main = distributed.context().is_main
         view = self.context.view(self.a.source, memo=True)
+        self._extract_collectively()
         stats = {}
         for m, c in self.comparators.items():
             t0 = time.perf_counter()
-            stats[m] = dict(c.summarise(view, seed=self.cfg.seed))
+            stats[m] = distributed.on_main(lambda c=c: dict(c.summarise(view, seed=self.cfg.seed)))
             if c.uses_state():
-                stats[m].update(c.saved_states(view, seed=self.cfg.seed))
-            self.echo(f"{m}: summarised {self.a.n} images in {time.perf_counter() - t0:.1f} s")
+                states = c.saved_states(view, seed=self.cfg.seed)   # collective: every rank, same order
+                if main:
+                    stats[m].update(states)
+            if main:
+                self.echo(f"{m}: summarised {self.a.n} images in {time.perf_counter() - t0:.1f} s")
+        if not main:
+            return None
         info = self.a.info(self.cfg.limit).model_dump()
         info.update({"spec": self.a.text, "class_names": self.a.source.class_names})
         saved = summaryfile.SavedSummary(dataset=info, features=self.features, methods=self._method_infos(),
                                          statistics=stats, bench_version=__version__)
         return summaryfile.save(saved, self.cfg.save)
+
+    def _extract_collectively(self) -> None:
+        """Under torchrun, with a feature cache: every rank extracts its shard of A's pooled features
+        (bit-identical to one process's) before rank 0 or a rank's blocks read them."""
+        from bench import distributed
+
+        if not distributed.active() or self.context.store.root is None:
+            return
+        if any("features" in tags_of(type(c)).requires for c in self.comparators.values()):
+            self.context.store.features(self.a.source, self.context.extractor, layer="pooled", device=self.device,
+                                        batch_size=self.cfg.batch_size,
+                                        progress=self.cfg.progress and distributed.context().is_main,
+                                        collective=True)
 
     # -- bench compare -------------------------------------------------------------------------
     def compare(self) -> list[records.Record]:

@@ -191,3 +191,46 @@ def all_gather_rows(local: np.ndarray, start: int, n_total: int) -> np.ndarray:
     full = torch.zeros(n_total, dtype=torch.int64)
     full[start:start + len(local)] = torch.as_tensor(local, dtype=torch.int64)
     return all_reduce_sum(full).numpy()
+
+
+class SharedError(BenchError):
+    """A user error every rank raises alike (rank 0's own, broadcast, or found in what all ranks
+    gathered): rank 0 prints the one line and carries the exit status; the others leave quietly,
+    so the line is neither repeated nor lost to torchrun stopping rank 0 when a peer fails first."""
+
+
+def on_main(fn, *, share: bool = False):
+    """``fn()`` on rank 0 alone (inside :func:`solo`) while the others wait; a BenchError there is
+    raised on every rank (as :class:`SharedError`), so no rank waits at a collective rank 0 never
+    reaches. Returns the value on rank 0, and on the others too with ``share`` (else None)."""
+    if not active():
+        return fn()
+    value, error = None, None
+    if context().is_main:
+        try:
+            with solo():
+                value = fn()
+        except BenchError as exc:
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise SharedError(error)
+    return broadcast_object(value) if share else value
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (for small things; alone: ``[obj]``)."""
+    if not active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_object(obj: object) -> list | None:
+    """Every rank's ``obj`` in rank order on rank 0, None on the others (alone: ``[obj]``)."""
+    if not active():
+        return [obj]
+    out: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out

@@ -220,6 +220,51 @@ def check_mergeable(a: dict[str, np.ndarray], b: dict[str, np.ndarray], who: str
                          "summarise A again with this bench, extractor and parameters")
 
 
+def rank_state_info(states: dict[str, np.ndarray], **identity: Any) -> dict[str, Any]:
+    """What one torchrun rank tells the others about its block states before any is sent: who made
+    them (``identity``: bench version, method, parameters, extractor, context digest) and each
+    array's dtype and shape past the block axis (empty for a rank that owns no block)."""
+    return {**identity, "arrays": {k: [v.dtype.str, list(v.shape[1:])] for k, v in states.items()}}
+
+
+def check_rank_states(infos: list[dict[str, Any]], who: str) -> None:
+    """ONE line when the ranks' block states cannot be merged: made by another bench, method version,
+    parameters, extractor or context (DNA's ranges), or other statistics, shapes or dtypes."""
+    first = infos[0]
+    for rank, info in enumerate(infos[1:], start=1):
+        for key in sorted(set(first) | set(info)):
+            mine, theirs = first.get(key), info.get(key)
+            if key == "arrays" and (not mine or not theirs):
+                continue   # a rank with no block sends no arrays
+            if mine != theirs:
+                shown = [str(x) if len(str(x)) <= 80 else str(x)[:77] + "..." for x in (mine, theirs)]
+                raise BenchError(f"{who}: rank {rank}'s block states do not merge with rank 0's ({key}: rank 0 "
+                                 f"{shown[0]}, rank {rank} {shown[1]}); run every rank with the same bench, "
+                                 "extractor and parameters")
+
+
+def place_rank_states(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]], count: int,
+                      who: str) -> dict[str, np.ndarray]:
+    """The block states of all ranks as one process would hold them: rank r computed blocks
+    ``parts[r][0]`` whole, so merging is placing rows, never adding floats (bit for bit)."""
+    template = next((states for ids, states in parts if len(ids)), None)
+    if template is None:
+        raise BenchError(f"{who}: no rank computed any block state")
+    out = {k: np.empty((count, *v.shape[1:]), dtype=v.dtype) for k, v in template.items()}
+    filled = np.zeros(count, dtype=np.int64)
+    for ids, states in parts:
+        if len(ids) and (np.min(ids) < 0 or np.max(ids) >= count):
+            raise BenchError(f"{who}: a rank sent blocks outside the {count} blocks of this summary")
+        if len(ids):
+            for k in out:
+                out[k][ids] = states[k]
+            np.add.at(filled, np.asarray(ids, dtype=np.int64), 1)
+    if (filled != 1).any():
+        raise BenchError(f"{who}: the ranks' blocks do not tile the {count} blocks once each "
+                         f"({int((filled == 0).sum())} missing, {int((filled > 1).sum())} twice)")
+    return out
+
+
 def join_blocks(size_a: np.ndarray, of_b: np.ndarray, size_b: np.ndarray) -> Blocks:
     """Blocks of a saved A (sizes only: its images are not at hand) followed by B's."""
     return Blocks(np.concatenate([np.zeros(int(size_a.sum()), np.int64), of_b + len(size_a)]),
