@@ -109,7 +109,8 @@ def block_size(n_a: int, n_b: int, state_bytes: int, budget: int = STATE_BUDGET_
     if state_bytes <= 0 or n * state_bytes <= budget:
         return 1
     blocks = max(2, budget // state_bytes - 2)
-    return int(max(1, min(np.ceil(n / blocks), n_a, n_b)))
+    smallest = min(k for k in (n_a, n_b) if k > 0)   # one side alone: a saved summary's blocks
+    return int(max(1, min(np.ceil(n / blocks), smallest)))
 
 
 def side_blocks(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
