@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="null draws per comparator (default: each comparator's own, e.g. fd 200)")
     cp.add_argument("--bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples for the CI "
                     "(default 100; 0: no CI)")
+    cp.add_argument("--blocks", type=int, default=None, metavar="N",
+                    help="at most N random blocks of images per side for the null and the CI of comparators "
+                    "with additive states (fd, dna; default: one image per block while the states fit 256 MiB): "
+                    "fewer blocks, cheaper draws; graph comparators always relabel single images")
     cp.add_argument("--alpha", type=float, default=0.05,
                     help="significance level of the decision; p-values are Holm-adjusted across comparators "
                     "(default 0.05)")
@@ -386,7 +390,8 @@ def cmd_compare(args) -> int:
     from bench.compare import CompareRun
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
-                          bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report)
+                          bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report,
+                          blocks=args.blocks)
     if os.environ.get("RANK", "0") != "0":
         console.quiet = True
     try:

@@ -51,6 +51,7 @@ class CompareConfig(SharedConfig):
     per_class: bool = False
     alpha: float = 0.05
     plan: bool = False                   # --plan: how many images per side reach 80 % power
+    blocks: int | None = None            # --blocks N: at most N blocks per side (None: from the state budget)
     report: Path | None = None
     save: Path | None = None             # bench summarise --save
 
@@ -175,6 +176,9 @@ class CompareRun:
     def _validate_numbers(self) -> None:
         cfg = self.cfg
         S.check_draws(cfg.permutations, "--permutations", minimum=1)
+        if cfg.blocks is not None and (isinstance(cfg.blocks, bool) or not isinstance(cfg.blocks, int)
+                                       or cfg.blocks < 2):
+            raise BenchError(f"--blocks must be an integer >= 2 (blocks per side), got {cfg.blocks!r}")
         S.check_draws(cfg.bootstrap, "--bootstrap", minimum=0)
         check_seed(cfg.seed, "--seed")
         if not 0 < cfg.alpha < 1:
@@ -193,6 +197,14 @@ class CompareRun:
                 raise BenchError(f"A and B are the same dataset ({a.name}); compare two different datasets")
             if self.cfg.per_class and a.saved is not None:
                 raise BenchError("--per-class needs both datasets' images; it does not work with a saved summary")
+            if self.cfg.blocks is not None:
+                if a.saved is not None:
+                    raise BenchError(f"--blocks: A {a.text!r} is a saved summary, whose blocks were fixed when it "
+                                     "was summarised; leave --blocks out")
+                smaller, which = min((a.n, "A"), (b.n, "B"))
+                if self.cfg.blocks > smaller:
+                    raise BenchError(f"--blocks {self.cfg.blocks} is more than {which}'s {smaller} images "
+                                     f"(at most one block per image: --blocks {smaller} or fewer)")
         for side, which in ((a, "A"), (b, "B")):
             if side is not None and side.n < 2:
                 raise BenchError(f"{which} {side.text!r} has {side.n} image{'s' if side.n != 1 else ''}; "
@@ -378,7 +390,10 @@ class CompareRun:
             return None
         context = comparator.state_context(a, b, seed=seed)
         per_block = comparator.state_bytes(a, context)
-        blocks = S.make_blocks(len(a), len(b), S.block_size(len(a), len(b), per_block), seed)
+        size = S.block_size(len(a), len(b), per_block)
+        if self.cfg.blocks is not None:   # at most N blocks per side: images per block from the larger side
+            size = max(size, -(-max(len(a), len(b)) // self.cfg.blocks))
+        blocks = S.make_blocks(len(a), len(b), size, seed)
         return comparator.draws(a, b, blocks, seed=seed)
 
     def _draw(self, comparator: Comparator, draws: S.Draws, rec: records.Record, metrics: dict,

@@ -182,6 +182,9 @@ def bad_inputs(lfw, tmp_path_factory) -> dict[str, Path]:
     (["{faces}", "{nonfaces}", "--methods", "fdd"], "Did you mean 'fd'"),
     (["{faces}", "{nonfaces}", "--methods", "protosim", "--limit", "3"], "each side needs at least 4 images"),
     (["{faces}", "{nonfaces}", "--permutations", "0"], "--permutations must be from 1"),
+    (["{faces}", "{nonfaces}", "--blocks", "1000"], "--blocks 1000 is more than"),
+    (["{faces}", "{nonfaces}", "--blocks", "1"], "--blocks must be an integer >= 2"),
+    (["{saved}", "{nonfaces}", "--extractor", "pixels", "--blocks", "4"], "whose blocks were fixed"),
     (["{faces}", "/no/such/dir"], "no such folder or dataset"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bad_inputs, args, message, tmp_path, capsys):

@@ -126,3 +126,14 @@ def test_plan_recommends_an_n_that_reaches_the_power(tmp_path):
         draws = fd.draws(a_view.subset(ia), b_view.subset(ib), S.make_blocks(len(ia), len(ib), 1, k), seed=k)
         hits += S.p_value(draws.observed(), S.permutation_null(draws, 99, k), 1.0) < 0.05
     assert hits >= 14
+
+
+def test_blocks_caps_the_blocks_per_side(tmp_path):
+    """--blocks 4: DNA's states come in at most 4 (+ a remainder) random blocks a side, the null
+    still moves them (p is not 1 by construction) and the record says so."""
+    _, recs = _run(tmp_path, _sides(removed=None), methods=("dna",), blocks=4,
+                     settings=["dna.layers=pooled", "dna.bins=20"])
+    null = recs["dna"].tables["null"][0]
+    full_a, full_b = null["blocks"].split(" blocks")[0].split(" + ")
+    assert recs["dna"].status == "ok" and int(full_a) <= 5 and int(full_b) <= 5
+    assert null["null_sd"] > 0
