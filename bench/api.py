@@ -412,9 +412,20 @@ class Comparator(_Method):
     #: "permutation" (reassign A ∪ B at random) or "split-half" (two halves of each side; for
     #: comparators that train, whose cost makes many permutations impractical)
     null_kind: ClassVar[str] = "permutation"
+    #: how the plug-in score's small-sample bias shrinks with the images per side, as exponents r of
+    #: n^−r, for ``bench compare``'s interval from draws (:func:`bench.statistics.subsample_interval`):
+    #: (1.0,) for a smooth function of moments (FD), a range (0.5, 1.0) when it is not known between
+    #: those (the interval is then the union over the range). None: the basic bootstrap interval
+    #: (:func:`bench.statistics.basic_interval`), for comparators whose coverage was not measured.
+    bias_rates: ClassVar[tuple[float, ...] | None] = None
 
     def compare(self, a: DataView, b: DataView, *, seed: int = 0) -> Comparison:  # pragma: no cover
         raise NotImplementedError
+
+    def interval_note(self, draws: Draws) -> str | None:
+        """One line for the record when the interval is known to miss its coverage at this size
+        (e.g. FD with fewer images than dimensions); None when there is nothing to say."""
+        return None
 
     def score(self, a: DataView, b: DataView, *, seed: int = 0) -> float:
         """The score alone, for the many null draws and bootstrap resamples of ``bench compare``.

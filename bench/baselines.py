@@ -319,6 +319,9 @@ class FrechetDistance(Comparator):
     name = "fd"
     version = "1"
     larger_is_more_different = True
+    #: FD is a smooth function of means and covariances: its plug-in bias is c/n + O(1/n²) (the mean
+    #: term's exactly tr Σ_A/n_A + tr Σ_B/n_B), so ``bench compare`` extrapolates it away as 1/n
+    bias_rates: ClassVar[tuple[float, ...]] = (1.0,)
 
     def __init__(self, *, layer: str = "pooled"):
         self.layer = layer
@@ -352,6 +355,17 @@ class FrechetDistance(Comparator):
             rows=[{"n_a": int(na), "n_b": int(nb), "fd": float(v), "fit": float(inf["fd_inf"] + inf["slope"] / f)}
                   for na, nb, v, f in zip(inf["n_a"], inf["n_b"], inf["fd"], inf["fraction"])]))
         return result
+
+    def interval_note(self, draws: Draws) -> str | None:
+        """With fewer images a side than FD_NOTE_RATIO × dimensions FD's bias is not c/n (the
+        covariances are singular or nearly so) and the half-sampling interval does not cover."""
+        d = draws.dim if isinstance(draws, GramFrechetDraws) else np.shape(getattr(draws, "arrays", {}).get("sum"))[-1]
+        n = min(draws.blocks.n_a, draws.blocks.n_b)
+        if n >= FD_NOTE_RATIO * d:
+            return None
+        return (f"{n} images on the smaller side for {d} feature dimensions: below {FD_NOTE_RATIO:g} × {d} images "
+                "a side FD's bias is not c/n and the interval does not cover the population FD (0 % of simulations "
+                "at n = 50, d = 64); use more images or fewer dimensions")
 
     def score(self, a: DataView, b: DataView, *, seed: int = 0) -> float:
         """FD alone (no FD∞ fit), for brute-force draws."""
@@ -451,6 +465,11 @@ class FrechetDistance(Comparator):
             return GramFrechetDraws(make_blocks(len(a), len(b), 1, seed), x)
         return super().draws(a, b, blocks, seed=seed)
 
+
+#: images per side, in multiples of the feature dimension, below which a compare's FD interval
+#: carries a note (measured, benchmarks/test_calibration_bench.py: at d = 64 it covers from
+#: n = 100, and covers 0 % at n = 50)
+FD_NOTE_RATIO = 1.5
 
 #: subset sizes of the FD∞ fit (dgm-eval's default), and the fewest images per side it runs on
 FD_INF_POINTS = 15
@@ -585,6 +604,7 @@ class GramFrechetDraws(Draws):
     def __init__(self, blocks, x: np.ndarray):
         self.blocks = blocks
         x = np.asarray(x, dtype=np.float64)
+        self.dim = x.shape[1]
         x = x - x.mean(axis=0)   # FD ignores a common shift; centring keeps G's cancellations small
         self.gram = x @ x.T
 

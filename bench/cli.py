@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--per-class", action="store_true", help="scores per class where both sides are labelled")
     cp.add_argument("--permutations", type=int, default=None, metavar="N",
                     help="null draws per comparator (default: each comparator's own, e.g. fd 200)")
-    cp.add_argument("--bootstrap", type=int, default=100, metavar="N", help="bootstrap resamples for the CI "
-                    "(default 100; 0: no CI)")
+    cp.add_argument("--bootstrap", type=int, default=100, metavar="N", help="draws for the CI: half-samples "
+                    "(fd, dna) or bootstrap resamples (default 100; 0: no CI)")
     cp.add_argument("--blocks", type=int, default=None, metavar="N",
                     help="at most N random blocks of images per side for the null and the CI of comparators "
                     "with additive states (fd, dna; default: one image per block while the states fit 256 MiB): "

@@ -366,14 +366,18 @@ class CompareRun:
         if result.p_value is not None and np.isfinite(result.p_value):
             metrics["p_value"] = float(result.p_value)
             rec.tables.setdefault("null", [{}])[0]["p_from"] = f"{comparator.name}'s own exact test"
-        if boot is not None:
-            interval = S.basic_interval(metrics["score"], boot)
+        if boot is not None:   # half-sampling from draws where the comparator has bias rates, else basic
+            interval = S.interval(metrics["score"], boot)
             metrics["ci_low"], metrics["ci_high"] = interval.low, interval.high
             metrics["score_bias_corrected"] = interval.bias_corrected
-            artefacts["bootstrap"] = boot
+            artefacts["bootstrap"] = S.resample_scores(boot)
             rec.tables["ci"] = [{"bootstrap": interval.reps, "method": interval.method, "resampled": resampled,
                                  "bootstrap_mean": interval.bootstrap_mean,
                                  "covers_score": bool(interval.low <= metrics["score"] <= interval.high)}]
+            note = (comparator.interval_note(draws) if isinstance(boot, S.Subsamples) else None) or interval.note
+            if note:
+                rec.tables["ci"][0]["ci_note"] = note
+                self.echo(f"{rec.method.name}: {note}")
         if null is not None:
             metrics["mde"] = S.minimum_detectable_effect(null, boot, direction, alpha=cfg.alpha)
         rec.metrics = {k: records.Metric(value=v, higher_is_better=HIGHER_IS_BETTER.get(k)) for k, v in metrics.items()
@@ -397,7 +401,7 @@ class CompareRun:
         return comparator.draws(a, b, blocks, seed=seed)
 
     def _draw(self, comparator: Comparator, draws: S.Draws, rec: records.Record, metrics: dict,
-              direction: float) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+              direction: float) -> tuple[np.ndarray | None, np.ndarray | S.Subsamples | None, str]:
         """Null and bootstrap from ``draws`` (block permutations and block resamples)."""
         cfg, seed = self.cfg, self.cfg.seed
         n_draws = cfg.permutations or tags_of(type(comparator)).null_draws
@@ -414,7 +418,7 @@ class CompareRun:
                                    "draws": n_draws, "blocks": b.describe(), "block_count": b.count,
                                    "null_mean": float(null.mean()),
                                    "null_sd": float(null.std(ddof=1)) if n_draws > 1 else 0.0}]
-        boot = S.bootstrap(draws, cfg.bootstrap, seed) if cfg.bootstrap else None
+        boot = S.interval_draws(draws, cfg.bootstrap, seed, comparator.bias_rates) if cfg.bootstrap else None
         if cfg.plan and null is not None:
             plan = S.power_plan(draws, direction, alpha=cfg.alpha, seed=seed)
             rec.tables["plan"] = [{**row, "how": plan.how} for row in plan.rows]

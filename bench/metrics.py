@@ -63,11 +63,13 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("score", None, "comparator score between A and B (direction: the comparator's)", True),
     MetricInfo("p_value", None, "share of null draws at least as different as A vs B ((1 + hits) / (1 + draws))", True),
     MetricInfo("p_adjusted", None, "p-value adjusted across the comparators of one compare (Holm)", True),
-    MetricInfo("ci_low", None, "lower end of the 95 % basic bootstrap interval (2·score − 97.5th percentile of "
-               "the block resamples)", True),
-    MetricInfo("ci_high", None, "upper end of the 95 % basic bootstrap interval (2·score − 2.5th percentile)", True),
-    MetricInfo("score_bias_corrected", None, "2·score − mean of the bootstrap resamples: the score with the "
-               "plug-in estimator's small-sample bias moved back"),
+    MetricInfo("ci_low", None, "lower end of the 95 % interval: half-sampling (bias extrapolated, ± t·sd) for "
+               "comparators with bias rates (fd, dna), else the basic bootstrap interval (2·score − 97.5th "
+               "percentile); the record's ci table names the method", True),
+    MetricInfo("ci_high", None, "upper end of the 95 % interval (see ci_low)", True),
+    MetricInfo("score_bias_corrected", None, "the score with the plug-in estimator's small-sample bias removed: "
+               "score − (mean of the half-samples − score) / (2^r − 1), or 2·score − mean of the bootstrap "
+               "resamples"),
     MetricInfo("mde", None, "minimum detectable effect at this n: the score shift above the null's median that "
                "reaches p < α with 80 % power"),
     MetricInfo("n_for_power_a", None, "images of A (--plan) estimated to reach p < α with 80 % power at the "

@@ -1,5 +1,5 @@
 """Issue 26, items 6 and 7: are the block-state p-values calibrated, as powerful as the brute force,
-and do the basic bootstrap intervals cover?
+and do the reported intervals cover?
 
 * Calibration: ``BENCH_CALIB_SPLITS`` (200) random splits of Fashion-MNIST test images (a stratified
   pool of ``BENCH_CALIB_POOL`` = 2,000, efficientnet-lite0 features cached by the feature store):
@@ -12,8 +12,9 @@ and do the basic bootstrap intervals cover?
 * Power: the synth-shift ladder (reference vs each mix) and Fashion-MNIST with one class thinned in
   B: the first rung with p < 0.01 (199 permutations, so p can go below 0.01), block path vs
   ``brute_force_null`` with the comparator's ``score`` on subsets.
-* Coverage: Gaussian features with FD in closed form; 95 % basic and percentile intervals over 100
-  block-bootstrap resamples, ``BENCH_COVERAGE_REPS`` (200) repetitions per (n, d). DNA: one value
+* Coverage: Gaussian features with FD in closed form; the 95 % interval ``bench compare`` reports
+  (half-sampling with the bias extrapolated, 100 draws) beside the basic and percentile intervals
+  over 100 block-bootstrap resamples, ``BENCH_COVERAGE_REPS`` (200) repetitions per (n, d). DNA: one value
   per neuron per image binned over fixed ranges; the truth is the EMD of the two Gaussians' exact bin
   probabilities (normal CDF at the bin edges), the quantity the plug-in histogram EMD estimates.
 
@@ -42,6 +43,8 @@ POWER_PERMS = 199
 DNA_BINS = int(os.environ.get("BENCH_CALIB_DNA_BINS", "100"))
 COVERAGE_REPS = int(os.environ.get("BENCH_COVERAGE_REPS", "200"))
 BOOT = 100
+#: also score the basic and percentile intervals (the reference; another BOOT resamples per repetition)
+COVERAGE_REFERENCE = os.environ.get("BENCH_COVERAGE_REFERENCE", "1") == "1"
 RESULTS = os.environ.get("BENCH_RESULTS", "/tmp/bench_issue26_results.jsonl")
 COMPARATORS = os.environ.get("BENCH_CALIB_COMPARATORS", "fd,dna,multicut,wavelet,kid,prdc,c2st,atlas").split(",")
 #: comparators whose brute-force null is run in the power tests (multicut re-solves its multicut on
@@ -262,31 +265,53 @@ def fd_draws(x: np.ndarray, n_a: int, seed: int):
                            lambda a, b: fdc.finalize(a, b, context={}))
 
 
-def coverage(make, reps: int, seed: int) -> dict:
-    """Share of ``reps`` basic / percentile 95 % intervals that cover the truth; ``make(rng, k)``
-    returns (draws, truth)."""
+def coverage(make, reps: int, seed: int, comparator) -> dict:
+    """Share of ``reps`` 95 % intervals that cover the truth: the one ``bench compare`` reports
+    (``S.interval`` of ``S.interval_draws`` with the comparator's bias rates: half-sampling, BOOT
+    draws), the basic bootstrap interval (the reference, BOOT resamples) and the percentile
+    interval; ``make(rng, k)`` returns (draws, truth)."""
     rng = np.random.default_rng(seed)
-    basic = perc = 0
-    scores, widths, truth = [], [], None
+    hits = {"interval": 0, "basic": 0, "percentile": 0}
+    scores, centres, widths, basic_widths, notes, truth, method = [], [], [], [], 0, None, ""
     for k in range(reps):
         draws, truth = make(rng, k)
         score = draws.observed()
-        boot = S.bootstrap(draws, BOOT, seed=k)
-        ci = S.basic_interval(score, boot)
-        lo, hi = S.percentile_interval(boot)
-        basic += ci.low <= truth <= ci.high
-        perc += lo <= truth <= hi
+        ci = S.interval(score, S.interval_draws(draws, BOOT, k, comparator.bias_rates))
+        hits["interval"] += ci.low <= truth <= ci.high
+        if COVERAGE_REFERENCE:
+            boot = S.bootstrap(draws, BOOT, seed=k)
+            basic = S.basic_interval(score, boot)
+            lo, hi = S.percentile_interval(boot)
+            hits["basic"] += basic.low <= truth <= basic.high
+            hits["percentile"] += lo <= truth <= hi
+            basic_widths.append(basic.high - basic.low)
+        notes += (comparator.interval_note(draws) or ci.note) is not None
         scores.append(score)
+        centres.append(ci.bias_corrected)
         widths.append(ci.high - ci.low)
-    return {"basic": basic / reps, "percentile": perc / reps, "truth": truth, "mean_score": float(np.mean(scores)),
-            "mean_width": float(np.mean(widths)), "reps": reps}
+        method = ci.method
+    if not COVERAGE_REFERENCE:
+        hits = {"interval": hits["interval"], "basic": None, "percentile": None}
+    return {**{k: None if v is None else v / reps for k, v in hits.items()}, "truth": truth,
+            "mean_score": float(np.mean(scores)),
+            "mean_bias_corrected": float(np.mean(centres)), "sd_bias_corrected": float(np.std(centres)),
+            "mean_width": float(np.mean(widths)),
+            "mean_basic_width": float(np.mean(basic_widths)) if basic_widths else None,
+            "share_with_note": notes / reps, "method": method, "reps": reps}
+
+
+def check_coverage(out: dict) -> None:
+    """The reported interval covers in 90-98 %, or (a regime known to miss: FD with n < 1.5 d, DNA
+    whose bias range is wider than its spread) the record says so: a ci_note in ≥ 90 % of them."""
+    if out["share_with_note"] >= 0.9:
+        return
+    assert 0.90 <= out["interval"] <= 0.98, out
 
 
 @pytest.mark.benchmark(group="coverage")
-@pytest.mark.parametrize("d", [8, 64])
-@pytest.mark.parametrize("n", [50, 200, 1000])
-def test_fd_basic_interval_covers_the_true_fd(benchmark, n, d):
-    from bench.baselines import frechet_distance
+@pytest.mark.parametrize(("n", "d"), [(50, 8), (200, 8), (1000, 8), (50, 64), (100, 64), (200, 64), (1000, 64)])
+def test_fd_interval_covers_the_true_fd(benchmark, n, d):
+    from bench.baselines import FrechetDistance, frechet_distance
 
     mu = np.full(d, 0.5 / np.sqrt(d))
     var = np.linspace(0.5, 1.5, d)
@@ -296,9 +321,10 @@ def test_fd_basic_interval_covers_the_true_fd(benchmark, n, d):
         x = np.concatenate([rng.standard_normal((n, d)), mu + np.sqrt(var) * rng.standard_normal((n, d))])
         return fd_draws(x, n, seed=k), truth
 
-    out = benchmark.pedantic(lambda: coverage(make, COVERAGE_REPS, seed=n * 1000 + d), rounds=1, iterations=1)
+    out = benchmark.pedantic(lambda: coverage(make, COVERAGE_REPS, n * 1000 + d, FrechetDistance()), rounds=1,
+                             iterations=1)
     record("coverage-fd", n=n, d=d, **out)
-    assert 0.90 <= out["basic"] <= 0.98
+    check_coverage(out)
 
 
 def dna_truth(mu: np.ndarray, sd: np.ndarray, edges: np.ndarray) -> float:
@@ -312,7 +338,7 @@ def dna_truth(mu: np.ndarray, sd: np.ndarray, edges: np.ndarray) -> float:
 
 @pytest.mark.benchmark(group="coverage")
 @pytest.mark.parametrize("n", [50, 200, 1000])
-def test_dna_basic_interval_covers_the_binned_emd(benchmark, n):
+def test_dna_interval_covers_the_binned_emd(benchmark, n):
     from bench_dna.plugin import DNAComparator
 
     neurons, bins = 16, 100
@@ -337,6 +363,6 @@ def test_dna_basic_interval_covers_the_binned_emd(benchmark, n):
                                 lambda a, b: dna.finalize(a, b, context=context))
         return draws, truth
 
-    out = benchmark.pedantic(lambda: coverage(make, COVERAGE_REPS, seed=n), rounds=1, iterations=1)
+    out = benchmark.pedantic(lambda: coverage(make, COVERAGE_REPS, n, dna), rounds=1, iterations=1)
     record("coverage-dna", n=n, neurons=neurons, bins=bins, **out)
-    assert 0.90 <= out["basic"] <= 0.98
+    check_coverage(out)
