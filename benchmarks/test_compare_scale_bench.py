@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import textwrap
@@ -177,9 +178,14 @@ def compare_once(a: Path, b: Path, out: Path, extra: list[str]) -> dict:
     cmd = [str(Path(sys.executable).with_name("bench")), "compare", f"folder:{a}", f"folder:{b}",
            "--extractor", "efficientnet-lite0", "--methods", "fd,dna,multicut,wavelet", "--no-cache",
            "--out", str(out), "--no-progress", *extra]
+    load = os.getloadavg()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # the command's CPU seconds (user + system): on a shared machine far steadier than its wall time
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if res.returncode != 0:
         raise RuntimeError(res.stdout[-2000:] + res.stderr[-3000:])
     per = {}
@@ -190,7 +196,8 @@ def compare_once(a: Path, b: Path, out: Path, extra: list[str]) -> dict:
             "p_value": rec.get("metrics", {}).get("p_value"),
             "score": rec.get("metrics", {}).get("score"), "null": rec.get("tables", {}).get("null"),
             "ci": rec.get("tables", {}).get("ci")}
-    return {"wall_s": wall, "per_method": per, "stdout_tail": res.stdout[-1500:]}
+    return {"wall_s": wall, "cpu_s": cpu, "load_avg_start": load, "load_avg_end": os.getloadavg(), "per_method": per,
+            "stdout_tail": res.stdout[-1500:]}
 
 
 @pytest.mark.benchmark(group="compare-e2e")
@@ -200,7 +207,9 @@ def test_end_to_end_defaults_vs_one_draw(benchmark, tmp_path):
     one = compare_once(a, b, tmp_path / "one", ["--permutations", "1", "--bootstrap", "0"])
     full = benchmark.pedantic(lambda: compare_once(a, b, tmp_path / "full", []), rounds=1, iterations=1)
     ratio = full["wall_s"] / one["wall_s"]
-    benchmark.extra_info.update(one=one, full=full, ratio=ratio)
-    print(f"\nend to end: one draw {one['wall_s']:.1f} s, defaults {full['wall_s']:.1f} s, ratio {ratio:.2f}")
+    benchmark.extra_info.update(one=one, full=full, ratio=ratio, cpu_ratio=full["cpu_s"] / one["cpu_s"])
+    print(f"\nend to end: one draw {one['wall_s']:.1f} s, defaults {full['wall_s']:.1f} s, ratio {ratio:.2f} "
+          f"(CPU {one['cpu_s']:.1f} s vs {full['cpu_s']:.1f} s, ratio {full['cpu_s'] / one['cpu_s']:.2f}; "
+          f"load {one['load_avg_start'][0]:.1f} → {full['load_avg_end'][0]:.1f})")
     print(json.dumps({"one": one["per_method"], "full": full["per_method"]}, indent=1, default=str))
     assert ratio <= 1.5
