@@ -479,7 +479,8 @@ class Comparator(_Method):
         n_a, count_a = len(a), int((blocks.side == 0).sum())
         sa = self.block_states(a, blocks.of[:n_a], count_a, context=context, seed=seed)
         sb = self.block_states(b, blocks.of[n_a:] - count_a, blocks.count - count_a, context=context, seed=seed)
-        return AdditiveDraws(blocks, {k: np.concatenate([sa[k], sb[k]]) for k in sa}, self._finalizer(context))
+        return AdditiveDraws(blocks, {k: np.concatenate([sa[k], sb[k]]) for k in sa}, self._finalizer(context),
+                             own=True)
 
     def saved_states(self, a: DataView, *, seed: int = 0) -> dict[str, Any]:
         """A's block states for a ``.bench`` (``state.*``), the context they were accumulated under
@@ -559,7 +560,7 @@ class Comparator(_Method):
         S.check_mergeable(a_states, b_states, self.name)
         blocks = S.join_blocks(size_a, of_b, size_b)
         return S.AdditiveDraws(blocks, {k: np.concatenate([a_states[k], b_states[k]]) for k in a_states},
-                               self._finalizer(context))
+                               self._finalizer(context), own=True)
 
     def _finalizer(self, context: dict[str, Any]):
         return lambda sa, sb: self.finalize(sa, sb, context=context)

@@ -6,6 +6,7 @@ has a reference row. Registered through the same hooks as any plugin.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import ClassVar
@@ -218,6 +219,24 @@ def _checked(x: np.ndarray) -> np.ndarray:
 #: matrix: 16 MiB is 10,922 rows of 192-D or 2,730 of 768-D, enough for an efficient GEMM
 GAUSSIAN_CHUNK_BYTES = 2**24
 
+#: LAPACK calls of a draw on matrices up to this side run on one BLAS thread: on a shared 2-core
+#: machine OpenBLAS' spinning worker threads lose the CPU and one 384 × 384 FD took 8–10 s with two
+#: threads against 0.4–0.5 s with one (load average 12, benchmarks/RESULTS_issue26.md); larger
+#: matrices keep the configured threads, where they pay.
+ONE_THREAD_MAX_SIDE = 1024
+_BLAS: list = []
+
+
+def _small_lapack(side: int):
+    """One BLAS thread (threadpoolctl) around a draw's LAPACK calls on ``side`` × ``side`` matrices."""
+    if side > ONE_THREAD_MAX_SIDE:
+        return contextlib.nullcontext()
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
 
 def gaussian(x, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64, ``np.cov``'s n−1) of the rows of ``x``, ``rows`` at a time.
@@ -414,7 +433,8 @@ class FrechetDistance(Comparator):
 
     def finalize(self, a: dict, b: dict, *, context: dict) -> float:
         (mu1, s1), (mu2, s2) = gaussian_from_sums(a), gaussian_from_sums(b)
-        return frechet_distance_psd(mu1, s1, mu2, s2)
+        with _small_lapack(len(mu1)):
+            return frechet_distance_psd(mu1, s1, mu2, s2)
 
     def check_summary(self, summary: dict) -> None:
         mu, sigma = np.asarray(summary["mu"]), np.asarray(summary["sigma"])
@@ -463,6 +483,9 @@ class FrechetDistance(Comparator):
         if len(a) + len(b) <= d:
             x = np.concatenate([check_finite(a.features(self.layer)), check_finite(b.features(self.layer))])
             return GramFrechetDraws(make_blocks(len(a), len(b), 1, seed), x)
+        if (blocks.size == 1).all():   # one image per block: FD from the rows, not one D×D state per image
+            x = np.concatenate([check_finite(a.features(self.layer)), check_finite(b.features(self.layer))])
+            return RowFrechetDraws(blocks, x)
         return super().draws(a, b, blocks, seed=seed)
 
 
@@ -629,8 +652,40 @@ class GramFrechetDraws(Draws):
         mean_term = mm_a + mm_b - 2 * mu_ab
         # ‖C‖_* = Σ √λ(C Cᵀ) over the smaller side: a symmetric eigensolver, several times faster than an SVD
         small = cross @ cross.T if cross.shape[0] <= cross.shape[1] else cross.T @ cross
-        nuclear = np.sqrt(np.clip(linalg.eigvalsh(small, overwrite_a=True, check_finite=False), 0, None)).sum()
+        with _small_lapack(len(small)):
+            eig = linalg.eigvalsh(small, overwrite_a=True, check_finite=False)
+        nuclear = np.sqrt(np.clip(eig, 0, None)).sum()
         return float(mean_term + tr_a + tr_b - 2.0 * nuclear)
+
+
+class RowFrechetDraws(Draws):
+    """FD of weighted A and B rows, one image per block, from the rows themselves: each side's mean
+    and weighted covariance (X − μ)ᵀ diag(w) (X − μ) / (n − 1), one GEMM of its rows per draw, and
+    ``frechet_distance_psd``. The same score as the additive path's per-image count, sum and D × D
+    outer product, to round-off (the covariance from centred rows, not from Σ xxᵀ − n μμᵀ), without
+    the n × D² states: with n ≈ D those were D times the rows, and every draw read them all."""
+
+    def __init__(self, blocks, x: np.ndarray):
+        self.blocks = blocks
+        x = np.asarray(x, dtype=np.float64)
+        self.x = x - x.mean(axis=0)   # FD ignores a common shift
+
+    def _gaussian(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.flatnonzero(w)
+        w = np.asarray(w, dtype=np.float64)[idx]
+        n = float(w.sum())
+        if n < 2:
+            raise DataError(f"Fréchet distance needs at least 2 images per side, got {n:g}")
+        rows = self.x[idx]
+        mu = (w @ rows) / n
+        rows -= mu
+        rows *= np.sqrt(w)[:, None]
+        return mu, rows.T @ rows / (n - 1)
+
+    def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
+        with _small_lapack(self.x.shape[1]):
+            (mu1, s1), (mu2, s2) = self._gaussian(w_a), self._gaussian(w_b)
+            return frechet_distance_psd(mu1, s1, mu2, s2)
 
 
 def _fd_result(fd: float, mean_term: float) -> Comparison:

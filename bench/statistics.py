@@ -3,7 +3,8 @@
 summarise`` and the evaluator all call this module; nothing else draws nulls or resamples.
 
 **Blocks and draws.** Each side is split at random into blocks of images (one image per block
-while the comparator's per-block state fits the memory budget). A comparator turns its images into
+while the comparator's per-block state fits the memory budget; beyond it as few blocks as the budget
+needs and at most :data:`MAX_BLOCKS_PER_SIDE` a side). A comparator turns its images into
 a :class:`Draws` object once — additive statistics per block (FD's count, sum and sum of outer
 products; DNA's histograms) or a graph on A ∪ B (wavelet's and multicut's) — and scores any
 assignment of blocks to sides from it: a permutation draw reassigns blocks, a bootstrap resample
@@ -47,6 +48,12 @@ MAX_DRAWS = 100_000
 #: blocks, about 0.1 s a draw on two cores)
 STATE_BUDGET_BYTES = 2**28
 SUMMARY_BUDGET_BYTES = 2**28
+#: most blocks per side once blocks hold several images. An exact block permutation test needs
+#: random blocks, not many (128 + 128 blocks give C(256, 128) ≈ 10^75 assignments), while every draw
+#: reads every block's state: without a cap, small states (FD at 64-D: 33 KB a block) would fill the
+#: budget with thousands of blocks and every draw would read 256 MiB. While one image per block fits
+#: the budget, blocks stay single images (the block null is then the brute-force null).
+MAX_BLOCKS_PER_SIDE = 128
 
 
 def checked_score(value: float, who: str, n_a: int, n_b: int) -> float:
@@ -107,13 +114,15 @@ class Blocks:
 
 
 def block_size(n_a: int, n_b: int, state_bytes: int, budget: int = STATE_BUDGET_BYTES) -> int:
-    """Images per block: 1 while one state per image fits ``budget``, else the fewest that do (two
-    blocks of the budget are left for the sides' remainder blocks), and never more than the smaller
-    side, so that each side has a block of that size to exchange."""
+    """Images per block: 1 while one state per image fits ``budget``, else the fewest that keep the
+    states within ``budget`` (two blocks of it left for the sides' remainder blocks) and the blocks at
+    most :data:`MAX_BLOCKS_PER_SIDE` per side, and never more than the smaller side, so that each side
+    has a block of that size to exchange."""
     n = n_a + n_b
     if state_bytes <= 0 or n * state_bytes <= budget:
         return 1
-    blocks = max(2, budget // state_bytes - 2)
+    sides = int(n_a > 0) + int(n_b > 0)
+    blocks = max(2, min(budget // state_bytes - 2, MAX_BLOCKS_PER_SIDE * sides))
     smallest = min(k for k in (n_a, n_b) if k > 0)   # one side alone: a saved summary's blocks
     return int(max(1, min(np.ceil(n / blocks), smallest)))
 
@@ -168,36 +177,90 @@ class Draws:
 @dataclass
 class AdditiveDraws(Draws):
     """Per-block statistics (``arrays[name]`` with the block on axis 0) and the comparator's
-    ``finalize(stats_a, stats_b) -> score``; a side's statistics are the weighted sum of its blocks'."""
+    ``finalize(stats_a, stats_b) -> score``; a side's statistics are the weighted sum of its blocks'.
+
+    Non-negative integer states (DNA's counts) below 2**24 are kept as float32, which holds them
+    exactly: a draw then sums them with one float32 GEMV and no cast, and every sum whose bound
+    (largest weight × the column's total over all blocks) stays below 2**24 is exact in float32; the
+    columns that could pass it are summed in float64. So the totals are the exact integer sums, bit
+    for bit as before. ``own=True``: the caller keeps no reference to ``arrays``' integer arrays, which
+    are then converted in place (no second copy of the states)."""
 
     blocks: Blocks
     arrays: dict[str, np.ndarray]
     finalize: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], float]
     #: values that are the same for every block (JSON-able or arrays), passed through unchanged
     constants: dict[str, Any] = field(default_factory=dict)
+    own: bool = False
 
-    def totals(self, w: np.ndarray) -> list[dict[str, np.ndarray]]:
-        """Each row of ``w`` (sides × blocks) summed over the blocks, in one pass over the states.
-
-        A permutation draw or resample reads every block's state once for both sides, in place: no
-        copy of the selected blocks (half the states per side per draw) and, for integer states
-        (DNA's counts), no float64 copy of all of them; at 1 GB of states that copying was most of a
-        draw. Integer counts sum exactly in float64, so DNA's totals are unchanged bit for bit."""
-        w = np.asarray(w, dtype=np.float64)
-        out: list[dict[str, np.ndarray]] = [{} for _ in range(len(w))]
+    def __post_init__(self) -> None:
+        self.arrays = dict(self.arrays)
+        #: per state: its (blocks, values) view, the column totals over all blocks (float64) and,
+        #: for integer states kept as float32, the columns by decreasing total
+        self._flat: dict[str, np.ndarray] = {}
+        self._total: dict[str, np.ndarray] = {}
+        self._by_total: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        ones = np.ones((1, len(self.blocks.size)))
         for k, v in self.arrays.items():
             flat = v.reshape(len(v), -1)
-            if flat.dtype == np.float64:
-                sums = w @ flat
-            else:   # float64 a slice of columns at a time: memory stays that of the states
-                step = max(1, _CAST_BYTES // (8 * max(1, len(flat))))
-                sums = np.concatenate([w @ flat[:, c:c + step].astype(np.float64)
-                                       for c in range(0, flat.shape[1], step)], axis=1)
+            exact = (np.issubdtype(flat.dtype, np.integer) and flat.size > 0
+                     and int(flat.min()) >= 0 and int(flat.max()) < _FLOAT32_EXACT)
+            if exact:
+                flat = _as_float32(flat, in_place=self.own)
+                self.arrays[k] = flat.reshape(v.shape)
+            self._flat[k] = flat
+            self._total[k] = _weighted_sums(ones, flat)[0]
+            if exact:
+                order = np.argsort(-self._total[k], kind="stable")
+                self._by_total[k] = (order, self._total[k][order])
+
+    def totals(self, w: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """Each row of ``w`` (sides × blocks) summed over the blocks, reading every state once per draw.
+
+        A row is summed over its nonzero blocks' range only (a resample's sides are disjoint ranges);
+        when two rows add up to one everywhere (a permutation draw), the second is the column totals
+        minus the first. Nothing is copied per draw but the sums (float64 states: to round-off the
+        same sums; integer states: exact)."""
+        w = np.asarray(w, dtype=np.float64)
+        spans = []
+        for row in w:
+            nz = np.flatnonzero(row)
+            spans.append((int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0))
+        rest = None   # (row, from row): row = totals − from row
+        if len(w) == 2 and sum(hi - lo for lo, hi in spans) > w.shape[1] and np.all(w[0] + w[1] == 1.0):
+            rest = (1, 0) if spans[0][1] - spans[0][0] <= spans[1][1] - spans[1][0] else (0, 1)
+        out: list[dict[str, np.ndarray]] = [{} for _ in range(len(w))]
+        for k, v in self.arrays.items():
+            sums = [None] * len(w)
+            for i, (lo, hi) in enumerate(spans):
+                if rest is None or i != rest[0]:
+                    sums[i] = self._row_sum(k, w[i, lo:hi], lo, hi)
+            if rest is not None:
+                sums[rest[0]] = self._total[k] - sums[rest[1]]
             for i in range(len(w)):
                 out[i][k] = sums[i].reshape(v.shape[1:])
         for o in out:
             o.update(self.constants)
         return out
+
+    def _row_sum(self, k: str, w: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Σ_j w[j] · state k of block lo + j, float64."""
+        flat = self._flat[k][lo:hi]
+        if k not in self._by_total:
+            return _weighted_sums(w[None], flat)[0]
+        top = float(w.max()) if len(w) else 0.0
+        if top <= 0 or not np.all(w >= 0) or not np.all(w == np.floor(w)):
+            return _weighted_sums(w[None], flat)[0]
+        order, sorted_total = self._by_total[k]
+        # columns whose sum could reach 2**24 (largest weight × total over all blocks): float64
+        wide = int(np.searchsorted(-sorted_total, -(_FLOAT32_EXACT / top), side="right"))
+        if wide > flat.shape[1] // 8:
+            return _weighted_sums(w[None], flat)[0]
+        sums = (w.astype(np.float32) @ flat).astype(np.float64)
+        if wide:
+            cols = order[:wide]
+            sums[cols] = w @ flat[:, cols].astype(np.float64)
+        return sums
 
     def score(self, w_a: np.ndarray, w_b: np.ndarray) -> float:
         a, b = self.totals(np.stack([np.asarray(w_a, np.float64), np.asarray(w_b, np.float64)]))
@@ -206,6 +269,30 @@ class AdditiveDraws(Draws):
 
 #: bytes of the float64 columns :meth:`AdditiveDraws.totals` converts at once from integer states
 _CAST_BYTES = 2**24
+#: integers below this are exact in float32, and so are sums of them that stay below it
+_FLOAT32_EXACT = 2**24
+
+
+def _weighted_sums(w: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``w @ flat`` in float64; other dtypes are cast a slice of columns at a time (memory stays that
+    of the states)."""
+    if flat.dtype == np.float64:
+        return w @ flat
+    step = max(1, _CAST_BYTES // (8 * max(1, len(flat))))
+    return np.concatenate([w @ flat[:, c:c + step].astype(np.float64) for c in range(0, flat.shape[1], step)]
+                          + [np.zeros((len(w), 0))], axis=1)
+
+
+def _as_float32(flat: np.ndarray, *, in_place: bool) -> np.ndarray:
+    """Integer ``flat`` as float32 (exact below 2**24); 4-byte integers owned by the caller may be
+    converted in place, a slice of rows at a time."""
+    if not (in_place and flat.dtype.itemsize == 4 and flat.flags.c_contiguous and flat.flags.writeable):
+        return flat.astype(np.float32)
+    out = flat.view(np.float32)
+    step = max(1, _CAST_BYTES // (4 * max(1, flat.shape[1])))
+    for r in range(0, len(flat), step):
+        out[r:r + step] = flat[r:r + step].astype(np.float32)
+    return out
 
 
 def split_saved(saved: dict[str, Any], who: str) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:

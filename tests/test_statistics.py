@@ -13,6 +13,7 @@ from bench import statistics as S
 from bench.baselines import (
     FrechetDistance,
     GramFrechetDraws,
+    RowFrechetDraws,
     frechet_distance,
     frechet_distance_features,
     gaussian_block_sums,
@@ -68,6 +69,53 @@ def test_single_image_blocks_give_the_brute_force_null_and_p():
     np.testing.assert_allclose(null, brute, rtol=1e-9)
     obs = draws.observed()
     assert S.p_value(obs, null, 1.0) == S.p_value(obs, brute, 1.0)
+
+
+def test_row_fd_draws_give_the_brute_force_null_and_the_additive_scores():
+    """One image per block with more images than dimensions: FD from the rows (weighted covariance)
+    is the brute-force null and p, and the additive path's scores for resamples, to round-off."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(70, 6)) + 5.0
+    x[35:] += 0.3
+    blocks = S.make_blocks(35, 35, 1, 0)
+    rows = RowFrechetDraws(blocks, x)
+    null = S.permutation_null(rows, 99, seed=5)
+    brute = S.brute_force_null(lambda ia, ib, s: frechet_distance_features(x[ia], x[ib]), 35, 70, 99, seed=5)
+    np.testing.assert_allclose(null, brute, rtol=1e-9)
+    assert S.p_value(rows.observed(), null, 1.0) == S.p_value(rows.observed(), brute, 1.0)
+    np.testing.assert_allclose(S.bootstrap(rows, 30, seed=2), S.bootstrap(_fd_additive(x, 35, 1, 0), 30, seed=2),
+                               rtol=1e-9)
+
+
+def test_integer_states_sum_exactly_through_float32():
+    """Counts kept as float32 (one GEMV a draw) give the exact integer sums, also where a column's
+    total times a resample weight passes 2**24 (those columns are summed in float64)."""
+    rng = np.random.default_rng(8)
+    b = S.make_blocks(300, 280, 7, 1)
+    counts = rng.integers(0, 3000, size=(b.count, 4, 50)).astype(np.int32)
+    counts[:, 1, 0] = 190_000                      # a column whose total is near 2**24
+    want = counts.astype(np.int64).reshape(b.count, -1)
+    draws = S.AdditiveDraws(b, {"c": counts.copy()}, lambda a, c: 0.0, own=True)
+    assert draws.arrays["c"].dtype == np.float32
+    r = np.random.default_rng(9)
+    for w in ([(b.side == 0) * 1.0, (b.side == 1) * 1.0], S.permutation_weights(b, r), S.bootstrap_weights(b, r),
+              S.bootstrap_weights(b, r)):
+        got = draws.totals(np.stack(w))
+        for i in range(2):
+            assert np.array_equal(got[i]["c"].reshape(-1), np.asarray(w[i]).astype(np.int64) @ want)
+
+
+def test_blocks_are_single_images_while_they_fit_and_capped_per_side_beyond():
+    assert S.block_size(300, 300, 1000) == 1
+    # 64-D FD states (33 KB) at 10^6 + 10^6 images: the budget alone would allow 8,000 blocks
+    state = 8 * (64 * 64 + 65)
+    size = S.block_size(10**6, 10**6, state)
+    assert size == int(np.ceil(2 * 10**6 / (2 * S.MAX_BLOCKS_PER_SIDE)))
+    b = S.make_blocks(10**6, 10**6, size, 0)
+    assert (b.side == 0).sum() <= S.MAX_BLOCKS_PER_SIDE and (b.side == 1).sum() <= S.MAX_BLOCKS_PER_SIDE
+    # 384-D states: the budget, not the cap, sets the count (as before the cap)
+    big = 8 * (384 * 384 + 385)
+    assert S.block_size(10**6, 10**6, big) == int(np.ceil(2 * 10**6 / (S.STATE_BUDGET_BYTES // big)))
 
 
 def test_block_permutation_p_values_are_uniform_under_no_difference():

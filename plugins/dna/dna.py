@@ -375,12 +375,22 @@ def iter_activations(view: DataView, layers: Sequence[str]) -> Iterator[dict[str
     from the FeatureStore (computed once per dataset and shared with every method); anything
     else streams through the extractor."""
     if list(layers) == ["pooled"]:
-        feats = view.features("pooled")
-        for start in range(0, len(feats), view.batch_size):
-            yield {"pooled": torch.from_numpy(np.ascontiguousarray(feats[start:start + view.batch_size])).to(
-                view.device)}
+        # read from the store a chunk of whole batches at a time (never all N rows: 1.5 GB at 1M × 384-D)
+        n, batch = len(view), view.batch_size
+        if n == 0:
+            return
+        d = view.features("pooled", rows=slice(0, 1)).shape[1]
+        chunk = batch * max(1, POOLED_CHUNK_BYTES // (4 * d * batch))
+        for lo in range(0, n, chunk):
+            feats = view.features("pooled", rows=slice(lo, min(n, lo + chunk)))
+            for start in range(0, len(feats), batch):
+                yield {"pooled": torch.from_numpy(np.ascontiguousarray(feats[start:start + batch])).to(view.device)}
         return
     yield from view.activations(list(layers))
+
+
+#: bytes of pooled features :func:`iter_activations` reads from the store at once
+POOLED_CHUNK_BYTES = 2**24
 
 
 #: activations of a range subsample kept for re-use by the histogram pass, at most this many bytes

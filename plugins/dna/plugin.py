@@ -29,6 +29,7 @@ files, which record none, are read with vdna's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,22 @@ def _ranges_for(m: Any, spec: str, ref: DataView, layers: list[str], seed: int,
 #: ×1.2 about zero, every spatial position / token a sample, float64 binning as its histc
 VDNA_PRESET: dict[str, Any] = {"layers": "blocks", "bins": 1000, "range_mode": "zero", "range_scale": 1.2,
                                "sample": "positions", "precision": "float64"}
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """torch on one thread for a draw's EMD: its element-wise passes over (neurons × bins) are memory
+    bound, and on a loaded 2-core machine a second intra-op thread doubled their time (0.08–0.09 s
+    against 0.035–0.04 s at load average 7, benchmarks/RESULTS_issue26.md). Same values either way."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _entropy_bits(counts: torch.Tensor) -> torch.Tensor:
@@ -397,11 +414,13 @@ class DNAComparator(Comparator):
         layers = list(context["layers"])
         ranges = self._context_ranges(context) if self.distance == "emd_act" else None
         per = {}
-        for k in layers:
-            e = emd_rows(torch.from_numpy(np.asarray(a[f"counts:{k}"])), torch.from_numpy(np.asarray(b[f"counts:{k}"])))
-            if ranges is not None:
-                e = e * torch.from_numpy(ranges.bin_width(k, self.bins))
-            per[k] = e
+        with _one_torch_thread():
+            for k in layers:
+                e = emd_rows(torch.from_numpy(np.asarray(a[f"counts:{k}"])),
+                             torch.from_numpy(np.asarray(b[f"counts:{k}"])))
+                if ranges is not None:
+                    e = e * torch.from_numpy(ranges.bin_width(k, self.bins))
+                per[k] = e
         selected = None if context.get("selected") is None else \
             {k: np.asarray(v, dtype=np.int64) for k, v in context["selected"].items()}
         return aggregate(per, neurons=selected)

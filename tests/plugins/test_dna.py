@@ -200,6 +200,27 @@ def test_pooled_layer_is_read_from_the_feature_store():
     assert (dna.counts["pooled"].sum(dim=1) == 12).all()
 
 
+def test_pooled_features_are_read_a_chunk_of_batches_at_a_time(monkeypatch):
+    """``iter_activations`` never asks the store for all rows of a view (1.5 GB at 1M × 384-D): it
+    reads whole batches a chunk at a time, and the batches are the view's as before."""
+    from bench_dna import dna as dna_module
+
+    view = token_view(n=23, batch_size=5)
+    full = view.features("pooled")
+    real, calls = DataView.features, []
+
+    def spy(self, layer="pooled", rows=None):
+        calls.append(rows)
+        return real(self, layer, rows)
+
+    monkeypatch.setattr(dna_module, "POOLED_CHUNK_BYTES", 4 * full.shape[1] * 10)   # two batches a read
+    monkeypatch.setattr(DataView, "features", spy)
+    batches = [acts["pooled"] for acts in dna_module.iter_activations(view, ["pooled"])]
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+    assert calls and all(isinstance(r, slice) for r in calls)
+    assert torch.equal(torch.cat(batches), torch.from_numpy(full))
+
+
 def test_ranges_conventions_match_vdna_formula():
     mins, maxs = np.array([0.5, -2.0, 0.0]), np.array([2.0, 1.0, 0.0])
     zero = Ranges({"L": mins}, {"L": maxs}, mode="zero", scale=1.2)
