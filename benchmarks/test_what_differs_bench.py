@@ -30,6 +30,10 @@ import time
 import numpy as np
 import pytest
 
+# the same registries and cached-feature views as the calibration benchmark (efficientnet-lite0 unless
+# BENCH_CALIB_EXTRACTOR says otherwise): its pool's features serve the null seeds here
+from test_calibration_bench import _registries, view_of
+
 from bench import statistics as S
 
 PERMS = int(os.environ.get("BENCH_WD_PERMS", "999"))
@@ -49,29 +53,6 @@ def record(kind: str, **values) -> None:
     print(f"\n{kind}: {json.dumps(values, default=float)}")
     with open(RESULTS, "a") as f:
         f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
-
-
-@functools.lru_cache(maxsize=1)
-def _registries():
-    from bench import plugins
-
-    return plugins.load()
-
-
-@functools.lru_cache(maxsize=1)
-def _extractor():
-    from bench.extractors.base import ExtractorConfig, create_extractor
-
-    return create_extractor(_registries().extractors.get("efficientnet-lite0"), weights=None, device="cpu",
-                            config=ExtractorConfig())
-
-
-def view_of(source):
-    """A view whose features the feature store caches (a second run reads them back)."""
-    from bench.api import DataView
-    from bench.features import FeatureStore, default_cache_dir
-
-    return DataView(source, _extractor(), FeatureStore(default_cache_dir()), batch_size=64)
 
 
 @functools.lru_cache(maxsize=1)
