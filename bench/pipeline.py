@@ -226,6 +226,17 @@ def _worker_init(_worker_id: int) -> None:
     import multiprocessing.queues
 
     multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_feeder_failed)
+    # the worker's resource-sharer thread hands tensors' file descriptors to the main process; when the
+    # main process stops the workers (another worker died, Ctrl-C) mid-hand-over, that thread reports
+    # the broken pipe through sys.excepthook as a traceback on the shared stderr: shutdown noise
+    sys.excepthook = _quiet_broken_pipes(sys.excepthook)
+
+
+def _quiet_broken_pipes(hook):
+    def excepthook(kind, value, tb):
+        if not issubclass(kind, (BrokenPipeError, ConnectionResetError, EOFError)):
+            hook(kind, value, tb)
+    return excepthook
 
 
 def _feeder_failed(e: BaseException, _obj: Any) -> None:
