@@ -394,9 +394,7 @@ class CompareRun:
             return None
         context = comparator.state_context(a, b, seed=seed)
         per_block = comparator.state_bytes(a, context)
-        size = S.block_size(len(a), len(b), per_block)
-        if self.cfg.blocks is not None:   # at most N blocks per side: images per block from the larger side
-            size = max(size, -(-max(len(a), len(b)) // self.cfg.blocks))
+        size = S.block_size(len(a), len(b), per_block, most_per_side=self.cfg.blocks)
         blocks = S.make_blocks(len(a), len(b), size, seed)
         return comparator.draws(a, b, blocks, seed=seed)
 

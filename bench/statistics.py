@@ -113,18 +113,21 @@ class Blocks:
         return f"{int((self.side == 0).sum())} + {int((self.side == 1).sum())} blocks of {per} images"
 
 
-def block_size(n_a: int, n_b: int, state_bytes: int, budget: int = STATE_BUDGET_BYTES) -> int:
+def block_size(n_a: int, n_b: int, state_bytes: int, budget: int = STATE_BUDGET_BYTES,
+               most_per_side: int | None = None) -> int:
     """Images per block: 1 while one state per image fits ``budget``, else the fewest that keep the
-    states within ``budget`` (two blocks of it left for the sides' remainder blocks) and the blocks at
-    most :data:`MAX_BLOCKS_PER_SIDE` per side, and never more than the smaller side, so that each side
-    has a block of that size to exchange."""
+    states within ``budget`` (two blocks of it left for the sides' remainder blocks) and each side at
+    most :data:`MAX_BLOCKS_PER_SIDE` full blocks; ``most_per_side`` (``bench compare --blocks``) caps
+    the full blocks a side in either case. Never more than the smaller side, so that each side has a
+    block of that size to exchange (that bound wins over the others)."""
     n = n_a + n_b
-    if state_bytes <= 0 or n * state_bytes <= budget:
+    fits = state_bytes <= 0 or n * state_bytes <= budget
+    if fits and most_per_side is None:
         return 1
-    sides = int(n_a > 0) + int(n_b > 0)
-    blocks = max(2, min(budget // state_bytes - 2, MAX_BLOCKS_PER_SIDE * sides))
+    size = 1.0 if fits else np.ceil(n / max(2, budget // state_bytes - 2))
+    size = max(size, np.ceil(max(n_a, n_b) / (most_per_side or MAX_BLOCKS_PER_SIDE)))
     smallest = min(k for k in (n_a, n_b) if k > 0)   # one side alone: a saved summary's blocks
-    return int(max(1, min(np.ceil(n / blocks), smallest)))
+    return int(max(1, min(size, smallest)))
 
 
 def side_blocks(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

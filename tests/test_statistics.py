@@ -276,3 +276,15 @@ def test_every_permutation_moves_blocks_when_states_need_multi_image_blocks(n_a,
     rng = np.random.default_rng(0)
     moved = [not np.array_equal(S.permutation_weights(b, rng)[0], (b.side == 0).astype(float)) for _ in range(20)]
     assert sum(moved) >= 5   # two blocks in all (9 vs 9): half the draws swap them
+
+
+def test_a_cap_on_blocks_per_side_never_leaves_a_side_without_a_block_to_exchange():
+    """--blocks 5 with 10 vs 1,000 images: blocks of 200 would leave A one 10-image block that no
+    block of B matches; the size is bounded by the smaller side instead (B then has more blocks)."""
+    size = S.block_size(10, 1000, 8, most_per_side=5)
+    assert size == 10 and S.make_blocks(10, 1000, size, 0).exchangeable()
+    assert S.block_size(120, 118, 8, most_per_side=4) == 30          # the cap applies while states fit
+    assert S.block_size(120, 118, 8) == 1                             # the default does not
+    # unequal sides: the larger side has at most the cap's full blocks
+    b = S.make_blocks(300, 3000, S.block_size(300, 3000, 2**20), 0)
+    assert ((b.side == 1) & (b.size == b.size.max())).sum() <= S.MAX_BLOCKS_PER_SIDE
