@@ -270,7 +270,8 @@ class AdditiveDraws(Draws):
         return float(self.finalize(a, b))
 
 
-#: bytes of the float64 columns :meth:`AdditiveDraws.totals` converts at once from integer states
+#: bytes converted at once when states are cast (float64 columns in :func:`_weighted_sums`, float32
+#: rows in :func:`_as_float32`): memory stays that of the states
 _CAST_BYTES = 2**24
 #: integers below this are exact in float32, and so are sums of them that stay below it
 _FLOAT32_EXACT = 2**24
@@ -494,6 +495,11 @@ class Subsamples:
         a, b = (self.half - self.other) / 2, (self.half + self.other) / 2
         return float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
 
+    def _smooth_variance(self) -> float:
+        """var(A) − var(B), kept within [var(A)/2, var(A)] (see :meth:`sd`)."""
+        var_a, var_b = self._variances()
+        return min(var_a, max(var_a / 2, var_a - var_b))
+
     @property
     def smooth(self) -> bool:
         """Bias rate 1 alone: a smooth function of moments (FD), whose U-statistic expansion
@@ -516,7 +522,7 @@ class Subsamples:
         k = 1.0 / (2.0**rate - 1.0)
         mc = k * k * var_b / len(self.half)
         if self.smooth:
-            return float(np.sqrt(min(var_a, max(var_a / 2, var_a - var_b)) + mc))
+            return float(np.sqrt(self._smooth_variance() + mc))
         return float(np.sqrt(var_a + k * k * var_b + mc))
 
     @property
@@ -525,7 +531,7 @@ class Subsamples:
         scores), else K − 1; at least 2."""
         var_a, var_b = self._variances()
         k = len(self.half) - 1
-        est = min(var_a, max(var_a / 2, var_a - var_b))
+        est = self._smooth_variance()
         if not self.smooth or est <= 0:
             return float(max(2, k))
         return float(max(2.0, est**2 / max((var_a**2 + var_b**2) / k, 1e-300)))
