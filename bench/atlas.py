@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats as sps
 
 from bench.api import Comparator, Comparison, DataView, Finding, comparison_key
-from bench.atlas_map import embedding_name, point_map
+from bench.atlas_map import embedding_name, point_map, region_label, region_name
 from bench.baselines import faiss_kmeans
 from bench.errors import BenchError, DataError
 from bench.hookspecs import hookimpl
@@ -158,9 +158,8 @@ class DifferenceAtlas(Comparator):
         score = _tv(codes, k, (side == 0).astype(np.float64), (side == 1).astype(np.float64))
         images = []
         for r in significant[:6]:
-            what = _region_name(r)
-            images.append((f"{what}: more in {r['more_in']}, q={r['p_adjusted']:.2g} — A", "a", r["images_a"]))
-            images.append((f"{what} — B", "b", r["images_b"]))
+            images.append((f"{region_label(r)} — A", "a", r["images_a"]))
+            images.append((f"{region_name(r)} — B", "b", r["images_b"]))
         table = [{k_: v for k_, v in r.items() if not k_.startswith("images_")} for r in rows]
         findings = [Finding(f"regions of A ∪ B that one side fills more ({k} k-means cells and the {len(rows) - k} "
                             f"unions of their tree; Fisher exact, BH at FDR {self.fdr:g}: {len(significant)} "
@@ -176,12 +175,6 @@ class DifferenceAtlas(Comparator):
         simes = min((r["p_adjusted"] for r in rows), default=1.0)
         return Comparison(score=score, detail={"regions": rows, "codes": codes, "k": k}, statistics=stats,
                           findings=findings, p_value=simes)
-
-
-def _region_name(row: dict[str, Any]) -> str:
-    cells = row.get("cells", [row["region"]])
-    where = f"region {row['region']}" + (f" (cells {', '.join(map(str, cells))})" if len(cells) > 1 else "")
-    return where + (f" ({row['majority_class']})" if "majority_class" in row else "")
 
 
 @hookimpl

@@ -157,11 +157,15 @@ def _outline(xy: np.ndarray) -> list[list[float]]:
         return []
 
 
-def region_label(r: dict[str, Any]) -> str:
+def region_name(r: dict[str, Any]) -> str:
+    """"region 36 (cells 14, 18, 22): Sneaker": the id, the cells of a union, the majority class."""
     cells = r.get("cells") or [r["region"]]
     what = f"region {r['region']}" + (f" (cells {', '.join(map(str, cells))})" if len(cells) > 1 else "")
-    what += f": {r['majority_class']}" if r.get("majority_class") is not None else ""
-    return f"{what}, more in {r['more_in']}, q={float(r['p_adjusted']):.2g}"
+    return what + (f": {r['majority_class']}" if r.get("majority_class") is not None else "")
+
+
+def region_label(r: dict[str, Any]) -> str:
+    return f"{region_name(r)}, more in {r['more_in']}, q={float(r['p_adjusted']):.2g}"
 
 
 def point_map(x: np.ndarray, side: np.ndarray, codes: np.ndarray, regions: list[dict[str, Any]],
