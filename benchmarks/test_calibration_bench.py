@@ -53,9 +53,10 @@ BRUTE = os.environ.get("BENCH_POWER_BRUTE", "fd,dna,wavelet").split(",")
 THINNING = [1.0, 0.7, 0.5, 0.3, 0.0]
 
 
-def record(kind: str, **values) -> None:
+def record(kind: str, results: str | None = None, **values) -> None:
+    """Print one result and append it as a JSON line to ``results`` (default ``BENCH_RESULTS``)."""
     print(f"\n{kind}: {json.dumps(values, default=float)}")
-    with open(RESULTS, "a") as f:
+    with open(results or RESULTS, "a") as f:
         f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
 
 

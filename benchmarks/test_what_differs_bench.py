@@ -23,7 +23,6 @@ the comparator's own exact p where it has one, ``holm``). Results are appended a
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 
@@ -32,7 +31,7 @@ import pytest
 
 # the same registries and cached-feature views as the calibration benchmark (efficientnet-lite0 unless
 # BENCH_CALIB_EXTRACTOR says otherwise): its pool's features serve the null seeds here
-from test_calibration_bench import _registries, view_of
+from test_calibration_bench import _registries, record, view_of
 
 from bench import statistics as S
 
@@ -47,12 +46,6 @@ NULL_PER_CLASS = int(os.environ.get("BENCH_WD_NULL_PER_CLASS", "50"))
 METHODS = os.environ.get("BENCH_WD_METHODS", "kid,prdc,c2st,fd").split(",") + ["atlas"]
 RESULTS = os.environ.get("BENCH_RESULTS", "/tmp/bench_issue27_results.jsonl")
 REMOVED, DOUBLED = 8, 7      # Bag, Sneaker
-
-
-def record(kind: str, **values) -> None:
-    print(f"\n{kind}: {json.dumps(values, default=float)}")
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps({"kind": kind, **values}, default=float) + "\n")
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,7 +135,7 @@ def test_the_moved_class_is_found(benchmark, case):
         b_like = next(f for f in out["c2st"]["result"].findings if f.title.startswith("images of B most B-like"))
         extra["c2st_b_like_top50_doubled_share"] = float(np.mean([labels[b_idx[r["image"]]] == moved
                                                                    for r in b_like.rows]))
-    record("moved-class", case=case, moved=names[moved], permutations=PERMS, comparators=_summary(out),
+    record("moved-class", results=RESULTS, case=case, moved=names[moved], permutations=PERMS, comparators=_summary(out),
            atlas_top=top, **extra)
     assert top["majority_class"] == names[moved]
     assert out["atlas"]["p_adjusted"] < 0.01 and out["c2st"]["p_adjusted"] < 0.01
@@ -169,7 +162,7 @@ def test_no_difference_is_not_called_a_difference(benchmark):
     rows = benchmark.pedantic(run, rounds=1, iterations=1)
     called = sum(r["min_p_adjusted"] < 0.05 for r in rows)
     regions = sum(r["atlas_significant"] > 0 for r in rows)
-    record("null-seeds", seeds=SEEDS, permutations=NULL_PERMS, seeds_with_adjusted_p_below_005=called,
+    record("null-seeds", results=RESULTS, seeds=SEEDS, permutations=NULL_PERMS, seeds_with_adjusted_p_below_005=called,
            seeds_with_a_significant_region=regions, rows=rows)
     assert called <= SEEDS // 20 and regions <= SEEDS // 20
 
@@ -204,5 +197,5 @@ def test_plan_reaches_its_power(benchmark, name):
         return plan, hits
 
     plan, hits = benchmark.pedantic(run, rounds=1, iterations=1)
-    record("plan", comparator=name, n_a=plan.n_a, n_b=plan.n_b, how=plan.how, hits_of_20=hits)
+    record("plan", results=RESULTS, comparator=name, n_a=plan.n_a, n_b=plan.n_b, how=plan.how, hits_of_20=hits)
     assert hits is not None and hits >= 14
