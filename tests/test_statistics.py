@@ -288,3 +288,9 @@ def test_a_cap_on_blocks_per_side_never_leaves_a_side_without_a_block_to_exchang
     # unequal sides: the larger side has at most the cap's full blocks
     b = S.make_blocks(300, 3000, S.block_size(300, 3000, 2**20), 0)
     assert ((b.side == 1) & (b.size == b.size.max())).sum() <= S.MAX_BLOCKS_PER_SIDE
+
+
+def test_blocks_describe_counts_full_blocks_and_names_the_remainders():
+    assert S.make_blocks(1000, 1100, 111, 0).describe() == "9 + 9 blocks of 111 images (remainders: A 1, B 101)"
+    assert S.make_blocks(4, 6, 1, 0).describe() == "4 + 6 blocks of 1 image"
+    assert S.make_blocks(10, 20, 10, 0).describe() == "1 + 2 blocks of 10 images"

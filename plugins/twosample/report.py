@@ -30,8 +30,9 @@ def twosample_section(run: RunData) -> ReportSection | None:
     sec = ReportSection("Two-sample tests: KID, PRDC, C2ST", key="twosample")
     parts = ['<p class="small">KID: unbiased MMD² with the cubic kernel (or RBF), 0 in expectation when A and B '
              "do not differ. PRDC: B against A as reference; coverage is A's share with an image of B inside its "
-             "k-NN ball (score 1 − coverage). C2ST: a logistic regression's out-of-fold AUC at telling B from A "
-             "(score AUC − 0.5); every null draw refits it.</p>"]
+             "k-NN ball (score 1 − coverage). C2ST: a logistic regression telling B from A, each image scored by "
+             "the model it was held out of; score = mean logit of B − mean logit of A (an estimate of the "
+             "symmetric KL divergence, in nats) or, with statistic=auc, AUC − 0.5; every null draw refits it.</p>"]
     pairs: dict[tuple, list[R.Record]] = defaultdict(list)
     for r in sorted(recs, key=lambda r: (r.method.name, r.seed)):
         pairs[(r.dataset.name, r.dataset_b.name if r.dataset_b else "")].append(r)
@@ -54,7 +55,8 @@ def twosample_section(run: RunData) -> ReportSection | None:
                 row["A uncovered"] = s.get("n_uncovered_a")
                 row["B outside A"] = s.get("n_outside_b")
             else:
-                row.update({"AUC": s.get("auc"), "accuracy": s.get("accuracy")})
+                row.update({"logit difference": s.get("logit_difference"), "AUC": s.get("auc"),
+                            "accuracy": s.get("accuracy")})
             rows.append(row)
         parts.append(table_html(rows))
         for r in rs:

@@ -176,7 +176,9 @@ def test_prdc_resamples_count_repeats_but_not_own_copies():
 # ----------------------------------------------------------------------------- c2st
 
 
-def test_c2st_is_sklearn_out_of_fold_auc_and_refits_per_draw():
+def test_c2st_is_sklearn_out_of_fold_logistic_regression_and_refits_per_draw():
+    """Both statistics from scikit-learn's own cross-validated logistic regression (the oracle):
+    the default, the mean out-of-fold logit of B minus that of A, and AUC − 0.5."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -188,27 +190,44 @@ def test_c2st_is_sklearn_out_of_fold_auc_and_refits_per_draw():
     y = np.r_[np.zeros(60), np.ones(40)]
     p = cross_val_predict(LogisticRegression(C=C.C2ST().c, solver=C.SOLVER), x, y, method="predict_proba",
                           cv=StratifiedKFold(5, shuffle=True, random_state=3))[:, 1]
-    assert got.score == pytest.approx(roc_auc_score(y, p) - 0.5, abs=1e-9)
+    logit = np.log(p) - np.log1p(-p)
+    assert got.score == pytest.approx(logit[y == 1].mean() - logit[y == 0].mean(), abs=1e-9)
+    assert got.statistics["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
     assert np.allclose(got.detail["p_b"], p, atol=1e-9)
-    draws = C.C2ST().draws(a, b, None, seed=3)
-    assert draws.observed() == pytest.approx(got.score, abs=1e-12)
-    null = S.permutation_null(draws, 5, seed=0)   # permuted labels: refitted, near chance
-    assert np.all(np.abs(null) < got.score) and len(set(null.tolist())) == 5
+    by_auc = C.C2ST(statistic="auc").compare(a, b, seed=3)
+    assert by_auc.score == pytest.approx(roc_auc_score(y, p) - 0.5, abs=1e-9)
+    assert by_auc.statistics["logit_difference"] == pytest.approx(got.score, abs=1e-12)
+    for comp, direct in ((C.C2ST(), got), (C.C2ST(statistic="auc"), by_auc)):
+        draws = comp.draws(a, b, None, seed=3)
+        assert draws.observed() == pytest.approx(direct.score, abs=1e-12)
+        null = S.permutation_null(draws, 5, seed=0)   # permuted labels: refitted, near chance
+        assert np.all(np.abs(null) < direct.score) and len(set(null.tolist())) == 5
     with pytest.raises(BenchError, match="folds must be"):
         C.C2ST(folds=1).compare(a, b)
+    with pytest.raises(BenchError, match="statistic must be one of logit, auc"):
+        C.C2ST(statistic="accuracy").compare(a, b)
     # every principal component is a rotation, which the L2-penalised fit does not see; fewer change it
     assert C.C2ST(components=6).compare(a, b, seed=3).score == pytest.approx(got.score, abs=1e-6)
     assert C.C2ST(components=2).compare(a, b, seed=3).statistics["dimensions"] == 2
 
 
-def test_c2st_resample_copies_stay_in_one_fold():
-    """Without that, a copy scored by a model trained on its twin would make noise look separable."""
-    xa, xb = sides(40, 40, 30, seed=6)
-    xb = xb / 1.2   # the same distribution on both sides
-    a, b = views(xa, xb)
-    draws = C.C2ST().draws(a, b, None)
-    boot = S.bootstrap(draws, 8, seed=0)
-    assert abs(boot.mean()) < 0.1   # copies split across folds: 0.20
+def test_c2st_logit_difference_sees_a_changed_share_better_than_auc():
+    """A mode whose share doubles (10 % → 18 %): the density ratio takes two values, AUC's ranks tie
+    the unchanged images, the mean logit weighs them by how far they sit from the other side.
+    z against the refitted null, averaged over 5 replications (one alone is noisy)."""
+    z = {name: [] for name in C.STATISTICS}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        xa, xb = rng.normal(size=(400, 8)), rng.normal(size=(440, 8))
+        xa[:40, 0] += 4.0   # a separate mode along the first axis: 10 % of A, 80 of B's 440 (18 %)
+        xb[:80, 0] += 4.0
+        a, b = views(xa, xb)
+        for name in C.STATISTICS:
+            draws = C.C2ST(statistic=name, components=None).draws(a, b, None, seed=0)
+            null = S.permutation_null(draws, 49, seed=1)
+            z[name].append((draws.observed() - null.mean()) / null.std())
+    mean = {name: float(np.mean(v)) for name, v in z.items()}
+    assert mean["logit"] > 2.5 and mean["logit"] > mean["auc"] + 0.5, z
 
 
 # ----------------------------------------------------------------------------- a planted missing mode
