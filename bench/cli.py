@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--plan", action="store_true",
                     help="estimate, by subsampling, how many images per side reach 80%% power at the observed "
                     "effect (per comparator)")
+    cp.add_argument("--no-atlas", action="store_true",
+                    help="leave out the atlas (where A and B differ), which every compare runs beside --methods")
     cp.add_argument("--fail-on-difference", action="store_true",
                     help="exit with status 3 when an adjusted p-value is below --alpha (to gate a CI job)")
     cp.add_argument("--report", type=Path, default=None,
@@ -391,7 +393,7 @@ def cmd_compare(args) -> int:
 
     cfg = _compare_config(args, b=args.b, per_class=args.per_class, permutations=args.permutations,
                           bootstrap=args.bootstrap, alpha=args.alpha, plan=args.plan, report=args.report,
-                          blocks=args.blocks)
+                          blocks=args.blocks, atlas=not args.no_atlas)
     if os.environ.get("RANK", "0") != "0":
         console.quiet = True
     try:

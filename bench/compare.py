@@ -36,6 +36,8 @@ from bench.runstore import check_writable_dir, jsonable
 PER_CLASS_DRAWS = 50
 #: exit status of ``--fail-on-difference`` when an adjusted p-value is below α (not 1: a crash, 2: bad input)
 EXIT_DIFFERENT = 3
+#: the comparator every compare runs beside the ones asked for: where A and B differ (bench.atlas)
+ATLAS = "atlas"
 
 
 @dataclass
@@ -52,6 +54,7 @@ class CompareConfig(SharedConfig):
     alpha: float = 0.05
     plan: bool = False                   # --plan: how many images per side reach 80 % power
     blocks: int | None = None            # --blocks N: at most N blocks per side (None: from the state budget)
+    atlas: bool = True                   # the atlas beside the methods asked for (--no-atlas: without)
     report: Path | None = None
     save: Path | None = None             # bench summarise --save
 
@@ -229,6 +232,10 @@ class CompareRun:
                 able = [n for n in comparators.names() if tags_of(comparators.get(n)).supports_summary]
                 raise BenchError(f"{m!r} cannot compare against a saved summary (it needs A's images); "
                                  f"comparators that can: {', '.join(able)}")
+        # what differs, for every compare: the atlas joins the methods asked for (not a flag of its own)
+        if (self.cfg.atlas and ATLAS in comparators and ATLAS not in methods
+                and (not summary_only or tags_of(comparators.get(ATLAS)).supports_summary)):
+            methods.append(ATLAS)
         return methods
 
     def _method_infos(self) -> dict[str, dict[str, Any]]:

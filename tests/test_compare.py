@@ -118,7 +118,7 @@ def test_fidelity_on_synth_shift_matches_the_leaderboards(tmp_path):
     scores = []
     for proportion, source in levels:
         cfg = CompareConfig(a="reference", b=f"{proportion}", extractor="pixels", no_cache=True, methods=["fd"],
-                            permutations=5, bootstrap=0, out=tmp_path, preset="quick")
+                            permutations=5, bootstrap=0, out=tmp_path, preset="quick", atlas=False)
         run = CompareRun(cfg, regs=regs, sides=(Side("reference", source=reference), Side("level", source=source)))
         (rec,) = run.compare()
         scores.append((proportion, rec.metrics["score"].value))
@@ -235,7 +235,7 @@ def test_wavelet_finds_images_of_a_leaked_into_b(tmp_path):
     _write(tmp_path / "A", a)
     _write(tmp_path / "B", np.concatenate([b_own, np.stack(copies)]))
     assert main(["compare", str(tmp_path / "A"), str(tmp_path / "B"), "--methods", "wavelet", "--permutations", "9",
-                 "--out", str(tmp_path / "r"), *FAST]) == 0
+                 "--no-atlas", "--out", str(tmp_path / "r"), *FAST]) == 0
     store = RunStore(tmp_path / "r")
     (path,) = store.record_files()
     rec = store.read(path)

@@ -309,7 +309,8 @@ def test_compare_records_and_the_report_section(tmp_path, capsys):
     assert main(["compare", str(a), str(b), "--methods", "kid,prdc,c2st", "--permutations", "19", "--bootstrap", "5",
                  "--extractor", "pixels", "--no-progress", "--no-cache", "--out", str(out)]) == 0, capsys.readouterr()
     recs = {r.method.name: r for r in RunStore(out).load().records if r.kind == "comparison"}
-    assert set(recs) == {"kid", "prdc", "c2st"} and all(r.status == "ok" for r in recs.values())
+    # the atlas joins every compare (--no-atlas leaves it out)
+    assert set(recs) == {"kid", "prdc", "c2st", "atlas"} and all(r.status == "ok" for r in recs.values())
     assert {"precision", "recall", "density", "coverage"} <= set(recs["prdc"].statistics)
     assert recs["c2st"].tables["null"][0]["draws"] == 19
     loaded = RunStore(out).load()
