@@ -69,10 +69,6 @@ def standardised(x: np.ndarray, components: int | None = None) -> np.ndarray:
     return x @ vectors[:, ::-1][:, :components]
 
 
-#: what ``statistic`` may name (module docstring)
-STATISTICS = ("logit", "auc")
-
-
 def out_of_fold(x: np.ndarray, y: np.ndarray, weight: np.ndarray, *, folds: int, c: float, seed: int) -> np.ndarray:
     """Each row's logit of P(y = 1) from a logistic regression fitted on the other folds (stratified
     over rows, seeded); ``weight`` counts each row's copies. The decision function, not
@@ -110,8 +106,13 @@ def logit_difference(y: np.ndarray, logit: np.ndarray, weight: np.ndarray) -> fl
     return float(np.average(logit[y == 1], weights=weight[y == 1]) - np.average(logit[y == 0], weights=weight[y == 0]))
 
 
-def statistic_of(name: str, y: np.ndarray, logit: np.ndarray, weight: np.ndarray) -> float:
-    return logit_difference(y, logit, weight) if name == "logit" else auc(y, logit, weight) - 0.5
+def auc_excess(y: np.ndarray, logit: np.ndarray, weight: np.ndarray) -> float:
+    """AUC − 0.5 of the out-of-fold logits."""
+    return auc(y, logit, weight) - 0.5
+
+
+#: what ``statistic`` may name (module docstring): each a function of (labels, out-of-fold logits, weights)
+STATISTICS = {"logit": logit_difference, "auc": auc_excess}
 
 
 class RefitDraws(Draws):
@@ -128,7 +129,7 @@ class RefitDraws(Draws):
         y = np.r_[np.zeros(len(ra), np.int64), np.ones(len(rb), np.int64)]
         weight = np.r_[w_a[ra], w_b[rb]]
         logit = out_of_fold(self.x[rows], y, weight, folds=self.folds, c=self.c, seed=self.seed)
-        return statistic_of(self.statistic, y, logit, weight)
+        return STATISTICS[self.statistic](y, logit, weight)
 
 
 class C2ST(Comparator):
@@ -162,7 +163,7 @@ class C2ST(Comparator):
             positive_int(self.components, "components", "c2st")
         if not isinstance(self.layer, str):
             raise BenchError(f"c2st: layer must be a layer name, got {self.layer!r}")
-        if self.statistic not in STATISTICS:
+        if not isinstance(self.statistic, str) or self.statistic not in STATISTICS:
             raise BenchError(f"c2st: statistic must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
 
     def _features(self, a: DataView, b: DataView) -> tuple[np.ndarray, int]:
@@ -196,7 +197,7 @@ class C2ST(Comparator):
                                   "classifier": f"logistic regression (C={self.c:g}), {self.folds} stratified folds, "
                                                 f"on {x.shape[1]} standardised dimensions (principal components "
                                                 f"when the features have more than {self.components})"}
-        score = difference if self.statistic == "logit" else area - 0.5
+        score = STATISTICS[self.statistic](y, logit, ones)
         return Comparison(score=score, detail=detail, statistics=statistics, findings=_findings(p, n_a))
 
 
